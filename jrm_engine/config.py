@@ -1,0 +1,199 @@
+"""Configuration: one dataclass per concern, named presets, YAML/TOML files and command-line overrides.
+
+The resolved `JRMConfig` is saved as JSON inside every checkpoint, so a checkpoint always says how it was made.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class TinyBackboneConfig:
+    """Architecture of the random-init Qwen2.5-VL used when no `--backbone` folder is given."""
+
+    text_hidden: int = 192
+    text_layers: int = 4
+    text_heads: int = 6
+    text_kv_heads: int = 2
+    text_intermediate: int = 512
+    vision_hidden: int = 128
+    vision_layers: int = 2
+    vision_heads: int = 4
+    vision_intermediate: int = 256
+    # A tiny head_dim with the default theta 1e4 leaves the width axis only near-zero rotary frequencies, so the
+    # model cannot tell image columns apart (see ../shared/docs/learnability-probe.md). Theta 10 fixes it.
+    rope_theta: float = 10.0
+    mrope_section: tuple[int, int, int] = (2, 7, 7)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str | None = None  # local folder of a Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint; None = tiny
+    tiny: TinyBackboneConfig = field(default_factory=TinyBackboneConfig)
+    image_size: int = 84  # every image is resized to image_size x image_size (a multiple of 28)
+    reward_head: str = "mlp"  # "linear" | "mlp"
+    reward_token: str = "<|reward|>"
+    max_length: int = 256  # longest token sequence accepted (explanation included)
+    gradient_checkpointing: bool = True  # used on CUDA only
+    attn_implementation: str = "sdpa"
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"  # "synthetic" | "editreward" (parquet / JSON Lines)
+    path: str | None = None  # for source="editreward"
+    n_train: int = 20000
+    n_heldout: int = 512
+    seed: int = 0
+    ties: str = "drop"  # "drop" | "tie_term"
+    skip_bad: bool = False  # skip bad records (and report them) instead of stopping at the first
+
+
+@dataclass
+class LossConfig:
+    alpha: float = 0.7  # L = (1 - alpha) * L_rank + alpha * L_LM
+    rank_loss: str = "bt"  # "bt" | "bt_uncertainty"
+    margin: float = 0.0
+    impl: str = "auto"  # "auto" (triton on CUDA, torch on CPU) | "torch" | "triton"
+
+
+@dataclass
+class TrainConfig:
+    out: str = "runs/default"
+    max_steps: int = 1500
+    batch_pairs: int = 16  # preference pairs per optimizer step (2 sequences each)
+    grad_accum: int = 1
+    lr: float = 2e-3
+    head_lr: float | None = None  # None = lr
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_frac: float = 0.05
+    grad_clip: float = 1.0
+    eval_every: int = 250
+    save_every: int = 500
+    seed: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    bf16: bool = True  # bf16 autocast, on CUDA only
+    num_threads: int | None = None  # torch CPU threads; None = torch's default
+
+
+@dataclass
+class JRMConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "JRMConfig":
+        cfg = cls()
+        _merge(cfg, d, "")
+        return cfg
+
+    def override(self, dotted: dict[str, Any]) -> "JRMConfig":
+        """Apply {"loss.alpha": 0.0, ...}; values may be strings from the command line."""
+        for key, value in dotted.items():
+            _set_dotted(self, key, value)
+        return self
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The embedded default: trains on 2 CPU cores in about 10 minutes.
+    "tiny": {},
+    # A few steps, tiny everything: for tests and smoke runs.
+    "smoke": {
+        "model": {"tiny": {"text_hidden": 64, "text_layers": 2, "text_heads": 4, "text_kv_heads": 2,
+                           "text_intermediate": 128, "vision_hidden": 32, "vision_layers": 1, "vision_heads": 2,
+                           "vision_intermediate": 64, "mrope_section": [2, 3, 3]},
+                  "image_size": 56, "max_length": 160},
+        "data": {"n_train": 64, "n_heldout": 16},
+        "train": {"max_steps": 4, "batch_pairs": 2, "eval_every": 2, "save_every": 2},
+    },
+    # Fine-tuning a real local Qwen2.5-VL checkpoint on a GPU (the paper's recipe, scaled to one GPU).
+    "qwen2.5-vl": {
+        "model": {"image_size": 448, "max_length": 1024, "reward_head": "mlp"},
+        "loss": {"rank_loss": "bt_uncertainty"},
+        "train": {"lr": 2e-6, "head_lr": 1e-4, "batch_pairs": 8, "grad_accum": 8, "max_steps": 3000,
+                  "eval_every": 200, "save_every": 200, "warmup_frac": 0.05},
+    },
+}
+
+
+def load_config(preset: str = "tiny", file: str | Path | None = None,
+                overrides: dict[str, Any] | None = None) -> JRMConfig:
+    """Preset, then file (YAML or TOML), then dotted overrides: each later source wins."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    cfg = JRMConfig.from_dict(PRESETS[preset])
+    if file is not None:
+        path = Path(file)
+        if not path.is_file():
+            raise FileNotFoundError(f"--config {path}: no such file")
+        text = path.read_text()
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"--config {path}: expected a mapping at the top level")
+        _merge(cfg, data, "")
+    if overrides:
+        cfg.override(overrides)
+    return cfg
+
+
+def _merge(obj: Any, d: dict[str, Any], prefix: str) -> None:
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in d.items():
+        if key not in names:
+            raise ValueError(f"unknown config key {prefix + key!r}; known: {sorted(names)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ValueError(f"config key {prefix + key!r} expects a mapping")
+            _merge(current, value, f"{prefix}{key}.")
+        else:
+            setattr(obj, key, _coerce(value, current, prefix + key))
+
+
+def _set_dotted(cfg: Any, key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    obj = cfg
+    for p in parents:
+        if not hasattr(obj, p) or not dataclasses.is_dataclass(getattr(obj, p)):
+            raise ValueError(f"unknown config section {p!r} in {key!r}")
+        obj = getattr(obj, p)
+    if leaf not in {f.name for f in dataclasses.fields(obj)}:
+        raise ValueError(f"unknown config key {key!r}")
+    setattr(obj, leaf, _coerce(value, getattr(obj, leaf), key))
+
+
+def _coerce(value: Any, current: Any, key: str) -> Any:
+    """Convert command-line strings (and YAML lists) to the type of the current value."""
+    if isinstance(value, str) and not isinstance(current, str):
+        if value.lower() in ("none", "null"):
+            return None
+        if isinstance(current, bool):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"{key}: expected a boolean, got {value!r}")
+            return value.lower() in ("true", "1", "yes")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ValueError(f"{key}: cannot parse {value!r}") from e
+        value = parsed
+    if isinstance(current, tuple) and isinstance(value, (list, tuple)):
+        return tuple(value)
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value

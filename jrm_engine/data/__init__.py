@@ -1,0 +1,3 @@
+from .records import Candidate, PreferencePair, PREFERENCES
+
+__all__ = ["Candidate", "PreferencePair", "PREFERENCES"]
