@@ -1,0 +1,109 @@
+"""RewardModel: a Qwen-VL backbone, a `<reward>` token, and a reward head on that token's final hidden state.
+
+The backbone's LM head is used only by the training loss (explanations) and by `explain`; scoring reads the
+reward head alone.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .backbone import load_backbone
+from .config import JRMConfig
+from .sequence import SequenceLayout, TokenIds
+from .vision import VisionSpec
+
+HEAD_FILE = "reward_head.safetensors"
+JRM_FILE = "jrm.json"
+
+
+class RewardHead(nn.Module):
+    """Linear or 2-layer MLP; `outputs` is 1 (Bradley-Terry) or 2 (mu, log sigma for the uncertainty loss)."""
+
+    def __init__(self, hidden: int, kind: str, outputs: int):
+        super().__init__()
+        if kind == "linear":
+            self.net = nn.Linear(hidden, outputs)
+        elif kind == "mlp":
+            self.net = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, outputs))
+        else:
+            raise ValueError(f"model.reward_head must be 'linear' or 'mlp', got {kind!r}")
+        self.kind, self.outputs = kind, outputs
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        out = self.net(h.float())  # the head runs in fp32 whatever the backbone dtype
+        return out[..., 0] if self.outputs == 1 else out
+
+
+@dataclass
+class RewardOutput:
+    hidden: torch.Tensor  # [B, L, H] final hidden states (LM head not applied)
+    rewards: torch.Tensor  # [B] or [B, 2] (mu, log sigma)
+    features: torch.Tensor  # [B, H] the reward token's final hidden state
+
+
+class RewardModel(nn.Module):
+    def __init__(self, backbone: nn.Module, tokenizer, config: JRMConfig, spec: VisionSpec):
+        super().__init__()
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.config = config
+        self.spec = spec
+        reward_token = config.model.reward_token
+        if reward_token not in tokenizer.get_vocab():
+            tokenizer.add_special_tokens({"additional_special_tokens": [reward_token]})
+        if len(tokenizer) > backbone.get_input_embeddings().num_embeddings:
+            backbone.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        bc = backbone.config
+        self.token_ids = TokenIds(
+            image=bc.image_token_id, vision_start=bc.vision_start_token_id, vision_end=bc.vision_end_token_id,
+            reward=tokenizer.convert_tokens_to_ids(reward_token),
+            eos=tokenizer.eos_token_id, pad=tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+            else tokenizer.eos_token_id)
+        self.layout = SequenceLayout(tokenizer, self.token_ids, spec.num_tokens, config.model.max_length)
+        hidden = bc.text_config.hidden_size
+        outputs = 2 if config.loss.rank_loss == "bt_uncertainty" else 1
+        self.head = RewardHead(hidden, config.model.reward_head, outputs)
+
+    @property
+    def lm_weight(self) -> torch.Tensor:
+        return self.backbone.lm_head.weight  # [V, H]; may be tied to the input embeddings
+
+    def forward(self, input_ids, attention_mask, pixel_values, image_grid_thw, reward_pos) -> RewardOutput:
+        out = self.backbone.model(input_ids=input_ids, attention_mask=attention_mask,
+                                  pixel_values=pixel_values, image_grid_thw=image_grid_thw, use_cache=False)
+        hidden = out.last_hidden_state  # [B, L, H]
+        features = hidden[torch.arange(hidden.shape[0], device=hidden.device), reward_pos]  # [B, H]
+        return RewardOutput(hidden, self.head(features), features)
+
+    # ---- persistence -------------------------------------------------------------------------------------------
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Backbone as a normal HF model folder under `backbone/`, the head and the config beside it."""
+        folder = Path(folder)
+        self.backbone.save_pretrained(folder / "backbone")
+        self.tokenizer.save_pretrained(folder / "backbone")
+        (folder / "backbone" / "preprocessor_config.json").write_text(
+            json.dumps(self.spec.to_preprocessor_config(), indent=2))
+        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, folder / HEAD_FILE)
+        (folder / JRM_FILE).write_text(self.config.to_json())
+
+    @classmethod
+    def from_backbone(cls, folder: str | Path, config: JRMConfig) -> "RewardModel":
+        backbone, tokenizer = load_backbone(folder, attn_implementation=config.model.attn_implementation)
+        spec = VisionSpec.from_model_folder(folder, config.model.image_size)
+        return cls(backbone, tokenizer, config, spec)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> "RewardModel":
+        folder = Path(folder)
+        if not (folder / JRM_FILE).is_file():
+            raise ValueError(f"{folder}: not a jrm_engine checkpoint (no {JRM_FILE})")
+        config = JRMConfig.from_dict(json.loads((folder / JRM_FILE).read_text()))
+        model = cls.from_backbone(folder / "backbone", config)
+        model.head.load_state_dict(load_file(folder / HEAD_FILE))
+        return model
