@@ -1,0 +1,184 @@
+"""The JRM joint loss: `L = (1 - alpha) * L_rank + alpha * L_LM` (docs/jrm-method.md, "Loss").
+
+- `L_LM`: token-mean cross-entropy of the LM head over the rows that carry a label (`lm_labels != -100`).
+- `L_rank`: Bradley-Terry over (chosen, rejected) pairs, plain (`"bt"`, optional margin) or uncertainty-aware
+  (`"bt_uncertainty"`: `-log E[sigmoid(z)]`, `z ~ N(mu_c - mu_r - margin, sigma_c^2 + sigma_r^2)`, by Gauss-Hermite
+  quadrature), plus an optional tie term `-0.5 (log sigmoid(d) + log sigmoid(-d))`, `d = mu_a - mu_b`, averaged
+  together with the pairs.
+
+Two implementations share one signature: `impl="torch"` (the plain reference and CPU path, also the test oracle)
+and `impl="triton"` (fused kernels from `jrm_engine.kernels`: the `[rows, V]` logits are never materialised).
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IGNORE_INDEX = -100
+RANK_LOSSES = ("bt", "bt_uncertainty")
+IMPLS = ("auto", "torch", "triton")
+GAUSS_HERMITE_NODES = 32  # exact to ~1e-7 for the smooth log-sigmoid integrand at the sigmas a reward head produces
+
+
+class JointLossOutput(NamedTuple):
+    loss: torch.Tensor  # (1 - alpha) * rank_loss + alpha * lm_loss
+    rank_loss: torch.Tensor
+    lm_loss: torch.Tensor
+
+
+def gauss_hermite(n: int = GAUSS_HERMITE_NODES, *, device=None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nodes x_i and log-weights log w_i of the physicists' Gauss-Hermite rule (weight exp(-x^2))."""
+    x, w = np.polynomial.hermite.hermgauss(n)
+    return (torch.as_tensor(x, device=device, dtype=dtype), torch.as_tensor(np.log(w), device=device, dtype=dtype))
+
+
+def _check_index(name: str, idx: torch.Tensor, n_rewards: int) -> None:
+    if idx.dim() != 1 or idx.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"{name} must be a 1-D int32/int64 index tensor into rewards, got {tuple(idx.shape)} {idx.dtype}")
+
+
+def _validate(hidden, lm_weight, lm_labels, rewards, chosen, rejected, rank_loss, tie_a, tie_b, alpha):
+    """Shape/dtype checks that need no host synchronisation (values are not inspected here)."""
+    if hidden.dim() != 2:
+        raise ValueError(f"hidden must be [T, H], got {tuple(hidden.shape)}")
+    if lm_weight.dim() != 2 or lm_weight.shape[1] != hidden.shape[1]:
+        raise ValueError(f"lm_weight must be [V, H={hidden.shape[1]}], got {tuple(lm_weight.shape)}")
+    if lm_labels.shape != hidden.shape[:1] or lm_labels.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"lm_labels must be int [T={hidden.shape[0]}], got {tuple(lm_labels.shape)} {lm_labels.dtype}")
+    if rank_loss not in RANK_LOSSES:
+        raise ValueError(f"rank_loss must be one of {RANK_LOSSES}, got {rank_loss!r}")
+    if rewards.dim() == 2 and rewards.shape[1] not in (1, 2) or rewards.dim() not in (1, 2):
+        raise ValueError(f"rewards must be [S], [S, 1] or [S, 2] (mu, log sigma), got {tuple(rewards.shape)}")
+    if rank_loss == "bt_uncertainty" and not (rewards.dim() == 2 and rewards.shape[1] == 2):
+        raise ValueError(f"rank_loss='bt_uncertainty' needs rewards [S, 2] (mu, log sigma), got {tuple(rewards.shape)}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    _check_index("chosen", chosen, rewards.shape[0])
+    _check_index("rejected", rejected, rewards.shape[0])
+    if chosen.shape != rejected.shape:
+        raise ValueError(f"chosen and rejected must have the same shape, got {tuple(chosen.shape)} and {tuple(rejected.shape)}")
+    if (tie_a is None) != (tie_b is None):
+        raise ValueError("tie_a and tie_b must be given together")
+    if tie_a is not None:
+        _check_index("tie_a", tie_a, rewards.shape[0])
+        _check_index("tie_b", tie_b, rewards.shape[0])
+        if tie_a.shape != tie_b.shape:
+            raise ValueError(f"tie_a and tie_b must have the same shape, got {tuple(tie_a.shape)} and {tuple(tie_b.shape)}")
+
+
+def split_rewards(rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(mu [S], log_sigma [S] or None) from rewards [S], [S, 1] or [S, 2]."""
+    if rewards.dim() == 1:
+        return rewards, None
+    if rewards.shape[1] == 1:
+        return rewards[:, 0], None
+    return rewards[:, 0], rewards[:, 1]
+
+
+def pair_nll_torch(mu_c, mu_r, log_sigma_c, log_sigma_r, *, rank_loss: str, margin: float) -> torch.Tensor:
+    """Per-pair `-log P(c > r)` [P] for the chosen rank loss."""
+    diff = mu_c - mu_r - margin
+    if rank_loss == "bt":
+        return -F.logsigmoid(diff)
+    # E[sigmoid(z)], z ~ N(diff, s^2) = pi^-1/2 sum_i w_i sigmoid(diff + sqrt(2) s x_i); summed in log space so that a
+    # confidently wrong pair (P ~ 1e-30) still has a finite loss and gradient.
+    x, log_w = gauss_hermite(device=diff.device, dtype=diff.dtype)
+    s = torch.sqrt(torch.exp(2 * log_sigma_c) + torch.exp(2 * log_sigma_r))  # [P]
+    z = diff[:, None] + math.sqrt(2.0) * s[:, None] * x[None, :]  # [P, nodes]
+    log_p = torch.logsumexp(log_w[None, :] + F.logsigmoid(z), dim=1) - 0.5 * math.log(math.pi)
+    return -log_p
+
+
+def tie_nll_torch(mu_a: torch.Tensor, mu_b: torch.Tensor) -> torch.Tensor:
+    """Per-tie `-0.5 (log sigmoid(d) + log sigmoid(-d))` [P_tie]: minimal at d = 0, pulls tied rewards together."""
+    d = mu_a - mu_b
+    return -0.5 * (F.logsigmoid(d) + F.logsigmoid(-d))
+
+
+def rank_loss_torch(rewards, chosen, rejected, *, rank_loss: str = "bt", margin: float = 0.0, tie_a=None, tie_b=None):
+    """L_rank: the mean over pairs and tie pairs (sum / (P + P_tie)); 0 (with zero gradient) when there are none."""
+    mu, log_sigma = split_rewards(rewards)
+    lsc = log_sigma[chosen] if log_sigma is not None else None
+    lsr = log_sigma[rejected] if log_sigma is not None else None
+    total = pair_nll_torch(mu[chosen], mu[rejected], lsc, lsr, rank_loss=rank_loss, margin=margin).sum()
+    count = chosen.numel()
+    if tie_a is not None and tie_a.numel() > 0:
+        total = total + tie_nll_torch(mu[tie_a], mu[tie_b]).sum()
+        count += tie_a.numel()
+    # The empty sum above is still connected to `rewards`, so backward works (with zero gradient) when count == 0.
+    return total / max(count, 1)
+
+
+def lm_loss_torch(hidden: torch.Tensor, lm_weight: torch.Tensor, lm_labels: torch.Tensor) -> torch.Tensor:
+    """Token-mean CE over labelled rows, the way a Hugging Face model computes it: logits for every row, then CE.
+
+    The logits are computed in the input dtype and upcast to fp32 (at least) for the softmax, like `(h @ W.T).float()`.
+    """
+    logits = hidden @ lm_weight.t()  # [T, V]
+    logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    total = F.cross_entropy(logits, lm_labels.long(), ignore_index=IGNORE_INDEX, reduction="sum")
+    n_labelled = (lm_labels != IGNORE_INDEX).sum().clamp(min=1)  # a device tensor: no host synchronisation
+    return total / n_labelled
+
+
+def _resolve_impl(impl: str, hidden: torch.Tensor) -> str:
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl != "auto":
+        return impl
+    if not hidden.is_cuda:
+        return "torch"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "torch"
+    return "triton"
+
+
+def joint_loss(hidden, lm_weight, lm_labels, rewards, chosen, rejected, *, alpha: float = 0.7, rank_loss: str = "bt",
+               margin: float = 0.0, impl: str = "torch", tie_a=None, tie_b=None) -> JointLossOutput:
+    """The JRM joint loss.
+
+    hidden [T, H] (all tokens of the batch, flattened), lm_weight [V, H] (may be the tied embedding matrix),
+    lm_labels [T] aligned with hidden (row t predicts lm_labels[t]; -100 = no LM loss), rewards [S] or [S, 2]
+    ([:, 0] = mu, [:, 1] = log sigma; "bt" uses mu), chosen / rejected [P] and tie_a / tie_b [P_tie] (optional)
+    index rewards. Returns scalars (loss, rank_loss, lm_loss). `lm_loss` is 0 with zero gradient when no row is
+    labelled; `rank_loss` is 0 when P + P_tie == 0. Label values are not range-checked (that would synchronise).
+    """
+    _validate(hidden, lm_weight, lm_labels, rewards, chosen, rejected, rank_loss, tie_a, tie_b, alpha)
+    if tie_a is not None and tie_a.numel() == 0:
+        tie_a = tie_b = None
+    impl = _resolve_impl(impl, hidden)
+    if impl == "torch":
+        l_rank = rank_loss_torch(rewards, chosen, rejected, rank_loss=rank_loss, margin=margin, tie_a=tie_a, tie_b=tie_b)
+        l_lm = lm_loss_torch(hidden, lm_weight, lm_labels)
+    else:
+        l_rank, l_lm = _joint_loss_triton(hidden, lm_weight, lm_labels, rewards, chosen, rejected, alpha=alpha,
+                                          rank_loss=rank_loss, margin=margin, tie_a=tie_a, tie_b=tie_b)
+    l_rank = l_rank.float() if l_rank.dtype in (torch.float16, torch.bfloat16) else l_rank
+    l_lm = l_lm.to(l_rank.dtype)
+    return JointLossOutput((1.0 - alpha) * l_rank + alpha * l_lm, l_rank, l_lm)
+
+
+def _joint_loss_triton(*args, **kwargs):
+    raise NotImplementedError("impl='triton' lands with the kernels (issue 3); use impl='torch' or 'auto'")
+
+
+class JointLoss(nn.Module):
+    """Module form of `joint_loss` holding (alpha, rank_loss, margin, impl)."""
+
+    def __init__(self, alpha: float = 0.7, rank_loss: str = "bt", margin: float = 0.0, impl: str = "auto"):
+        super().__init__()
+        self.alpha, self.rank_loss, self.margin, self.impl = alpha, rank_loss, margin, impl
+
+    def forward(self, hidden, lm_weight, lm_labels, rewards, chosen, rejected, tie_a=None, tie_b=None) -> JointLossOutput:
+        return joint_loss(hidden, lm_weight, lm_labels, rewards, chosen, rejected, alpha=self.alpha,
+                          rank_loss=self.rank_loss, margin=self.margin, impl=self.impl, tie_a=tie_a, tie_b=tie_b)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, rank_loss={self.rank_loss!r}, margin={self.margin}, impl={self.impl!r}"
