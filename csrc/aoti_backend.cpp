@@ -1,0 +1,159 @@
+// AOTInductor backend: runs the .pt2 packages from `jrm-export --aoti` with libtorch's package loader, on CPU or
+// CUDA. The only translation unit that includes torch headers (they dominate compile time).
+//
+// On CUDA each worker owns pinned host staging, device buffers and a stream from torch's pool, so a worker's
+// copies and kernels never serialise against another worker's: with two workers, one batch's H2D copy and
+// packing overlap the other's compute. Only device-generic c10 APIs are used, so this file compiles against a
+// CPU-only torch and the same code runs on CUDA.
+#include <ATen/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <c10/core/Stream.h>
+#include <c10/core/StreamGuard.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
+
+#include <map>
+#include <optional>
+#include <stdexcept>
+
+#include "backend.h"
+
+namespace jrm {
+namespace {
+
+using Loader = torch::inductor::AOTIModelPackageLoader;
+
+struct Buffers {
+  at::Tensor source, edited, text_ids, text_lengths;  // flat, sized for max_batch of the largest bucket
+};
+
+struct Worker {
+  Buffers host;                        // pinned on CUDA
+  std::optional<Buffers> device;       // CUDA only
+  at::Tensor rewards, log_sigma;       // host outputs (max_batch,)
+  std::optional<c10::Stream> stream;   // CUDA only
+};
+
+Buffers allocate(const c10::Device& device, bool pinned, int64_t image_bytes, int64_t ids) {
+  auto opt = at::TensorOptions().device(device).pinned_memory(pinned);
+  return {at::empty({image_bytes}, opt.dtype(at::kByte)), at::empty({image_bytes}, opt.dtype(at::kByte)),
+          at::empty({ids}, opt.dtype(at::kLong)), at::empty({ids}, opt.dtype(at::kLong))};
+}
+
+class AotiBackend final : public Backend {
+ public:
+  explicit AotiBackend(const RuntimeConfig& config) : config_(config), device_(config.device) {
+    const bool cuda = device_.is_cuda();
+    if (!cuda && !device_.is_cpu()) throw std::invalid_argument("aoti backend runs on cpu or cuda, got " + config.device);
+
+    // Buckets may share one package (dynamic text length) or have one each; load each file once.
+    std::map<std::string, int> by_path;
+    for (const auto& b : config.buckets) {
+      auto it = by_path.find(b.package);
+      if (it == by_path.end()) {
+        it = by_path.emplace(b.package, static_cast<int>(loaders_.size())).first;
+        loaders_.push_back(load(b.package, cuda));
+      }
+      bucket_loader_.push_back(it->second);
+    }
+
+    int64_t image_bytes = 0, ids = 0;
+    for (const auto& b : config.buckets) {
+      image_bytes = std::max(image_bytes, config.max_batch * b.image_size * b.image_size * 3);
+      ids = std::max(ids, config.max_batch * b.text_len);
+    }
+    const auto host = c10::Device(c10::kCPU);
+    const auto out_opt = at::TensorOptions().dtype(at::kFloat).pinned_memory(cuda);
+    for (int w = 0; w < config.inflight; ++w) {
+      Worker worker;
+      worker.host = allocate(host, cuda, image_bytes, ids);
+      worker.rewards = at::empty({config.max_batch}, out_opt);
+      worker.log_sigma = at::empty({config.max_batch}, out_opt);
+      if (cuda) {
+        worker.device = allocate(device_, false, image_bytes, ids);
+        worker.stream = c10::impl::getDeviceGuardImpl(device_.type())->getStreamFromGlobalPool(device_);
+      }
+      workers_.push_back(std::move(worker));
+    }
+  }
+
+  HostSlot slot(int w) override {
+    Worker& k = workers_[w];
+    return {k.host.source.data_ptr<uint8_t>(), k.host.edited.data_ptr<uint8_t>(),
+            k.host.text_ids.data_ptr<int64_t>(), k.host.text_lengths.data_ptr<int64_t>(),
+            k.rewards.data_ptr<float>(),       k.log_sigma.data_ptr<float>()};
+  }
+
+  void run(int w, int bucket, int64_t n) override {
+    Worker& k = workers_[w];
+    const auto& spec = config_.buckets[bucket];
+    const int64_t s = spec.image_size, len = spec.text_len;
+    auto views = [&](const Buffers& b) {
+      return std::vector<at::Tensor>{
+          b.source.narrow(0, 0, n * s * s * 3).view({n, s, s, 3}),
+          b.edited.narrow(0, 0, n * s * s * 3).view({n, s, s, 3}),
+          b.text_ids.narrow(0, 0, n * len).view({n, len}),
+          b.text_lengths.narrow(0, 0, n)};
+    };
+    Loader& loader = *loaders_[bucket_loader_[bucket]];
+    if (!k.stream) {
+      store(loader.run(views(k.host)), k, n);
+      return;
+    }
+    c10::StreamGuard guard(*k.stream);
+    std::vector<at::Tensor> inputs = views(*k.device);
+    const std::vector<at::Tensor> staged = views(k.host);
+    for (size_t i = 0; i < inputs.size(); ++i) inputs[i].copy_(staged[i], /*non_blocking=*/true);
+    store(loader.run(inputs, k.stream->native_handle()), k, n);
+    k.stream->synchronize();
+  }
+
+ private:
+  std::unique_ptr<Loader> load(const std::string& path, bool cuda) {
+    auto loader = std::make_unique<Loader>(path, "model", /*run_single_threaded=*/false,
+                                           /*num_runners=*/static_cast<size_t>(config_.inflight),
+                                           cuda ? device_.index() : c10::DeviceIndex(-1));
+    // A package runs only on the device type it was compiled for; say so instead of failing inside a kernel.
+    const auto meta = loader->get_metadata();
+    const auto it = meta.find("AOTI_DEVICE_KEY");
+    if (it != meta.end() && it->second != c10::DeviceTypeName(device_.type(), /*lower_case=*/true)) {
+      throw std::invalid_argument("package " + path + " was compiled for device '" + it->second +
+                                  "' but the runtime device is '" + config_.device + "'");
+    }
+    return loader;
+  }
+
+  // Copies outputs into the worker's host output buffers (asynchronously on CUDA; run() syncs the stream).
+  void store(const std::vector<at::Tensor>& outputs, Worker& k, int64_t n) {
+    const size_t expected = config_.output_names.size();
+    if (outputs.size() != expected) {
+      throw std::runtime_error("engine returned " + std::to_string(outputs.size()) + " outputs, the manifest declares " +
+                               std::to_string(expected));
+    }
+    at::Tensor* dst[] = {&k.rewards, &k.log_sigma};
+    for (size_t i = 0; i < expected; ++i) {
+      const at::Tensor& out = outputs[i];
+      if (out.scalar_type() != at::kFloat || out.numel() != n) {
+        throw std::runtime_error("engine output '" + config_.output_names[i] + "' must be float32 with " +
+                                 std::to_string(n) + " elements, got " + std::string(out.dtype().name()) +
+                                 " with " + std::to_string(out.numel()));
+      }
+      dst[i]->narrow(0, 0, n).copy_(out.reshape({n}), /*non_blocking=*/true);
+    }
+  }
+
+  const RuntimeConfig config_;
+  const c10::Device device_;
+  std::vector<std::unique_ptr<Loader>> loaders_;
+  std::vector<int> bucket_loader_;  // bucket -> loaders_ index
+  std::vector<Worker> workers_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_aoti_backend(const RuntimeConfig& config) {
+  return std::make_unique<AotiBackend>(config);
+}
+
+}  // namespace jrm

@@ -1,0 +1,102 @@
+#include "request_queue.h"
+
+#include <string>
+
+namespace jrm {
+
+RequestQueue::RequestQueue(int num_buckets, int64_t max_batch, int64_t max_delay_us, int64_t max_queue)
+    : buckets_(num_buckets),
+      max_batch_(max_batch),
+      max_delay_(std::chrono::microseconds(max_delay_us)),
+      max_queue_(max_queue) {}
+
+void RequestQueue::push(Request&& request) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  if (closed_) throw QueueClosed("the runtime is closed and accepts no more requests");
+  if (size_ >= max_queue_) {
+    throw QueueFull("request queue is full: max_queue=" + std::to_string(max_queue_) +
+                    " requests are already waiting; retry later or raise max_queue");
+  }
+  auto& bucket = buckets_[request.bucket];
+  bucket.push_back(std::move(request));
+  max_size_seen_ = std::max(max_size_seen_, ++size_);
+  // Only these two events change what a waiting worker should do: a new earliest deadline or a full batch.
+  const auto n = static_cast<int64_t>(bucket.size());
+  if (n == 1 || n == max_batch_) ready_.notify_one();
+}
+
+std::optional<TakenBatch> RequestQueue::take() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  while (true) {
+    const auto now = Clock::now();
+    int pick = -1;
+    CloseReason reason = CloseReason::kFull;
+    Clock::time_point oldest = Clock::time_point::max();
+    Clock::time_point next_deadline = Clock::time_point::max();
+    for (int b = 0; b < static_cast<int>(buckets_.size()); ++b) {
+      const auto& q = buckets_[b];
+      if (q.empty()) continue;
+      const auto first = q.front().enqueued;
+      const bool full = static_cast<int64_t>(q.size()) >= max_batch_;
+      const bool due = first + max_delay_ <= now;
+      // Among the buckets that may close, serve the one whose first request has waited longest.
+      if ((full || due || closed_) && first < oldest) {
+        pick = b;
+        oldest = first;
+        reason = full ? CloseReason::kFull : (due ? CloseReason::kDelay : CloseReason::kDrain);
+      }
+      next_deadline = std::min(next_deadline, first + max_delay_);
+    }
+    if (pick >= 0) {
+      auto& q = buckets_[pick];
+      TakenBatch batch;
+      batch.bucket = pick;
+      batch.reason = reason;
+      const int64_t n = std::min<int64_t>(max_batch_, static_cast<int64_t>(q.size()));
+      batch.requests.reserve(n);
+      for (int64_t i = 0; i < n; ++i) {
+        batch.requests.push_back(std::move(q.front()));
+        q.pop_front();
+      }
+      size_ -= n;
+      // Another batch may already be ready; let an idle worker look.
+      if (size_ > 0) ready_.notify_one();
+      return batch;
+    }
+    if (closed_) return std::nullopt;  // closed and empty
+    if (next_deadline == Clock::time_point::max()) {
+      ready_.wait(lock);
+    } else {
+      ready_.wait_until(lock, next_deadline);
+    }
+  }
+}
+
+std::vector<Request> RequestQueue::close(bool drain) {
+  std::vector<Request> dropped;
+  {
+    std::unique_lock<std::mutex> lock(mutex_);
+    closed_ = true;
+    if (!drain) {
+      for (auto& q : buckets_) {
+        for (auto& r : q) dropped.push_back(std::move(r));
+        q.clear();
+      }
+      size_ = 0;
+    }
+  }
+  ready_.notify_all();
+  return dropped;
+}
+
+int64_t RequestQueue::size() const {
+  std::unique_lock<std::mutex> lock(mutex_);
+  return size_;
+}
+
+int64_t RequestQueue::max_size_seen() const {
+  std::unique_lock<std::mutex> lock(mutex_);
+  return max_size_seen_;
+}
+
+}  // namespace jrm

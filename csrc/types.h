@@ -1,0 +1,50 @@
+// Plain structs shared by every part of the runtime. No Python and no torch types: the batcher and the backends
+// work on these and on raw buffers only.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace jrm {
+
+using Clock = std::chrono::steady_clock;
+
+// One shape bucket: every request in a batch shares its image size and is right-padded to its text length.
+struct BucketSpec {
+  int64_t image_size = 0;
+  int64_t text_len = 0;
+  std::string package;  // engine file (AOTInductor .pt2 or TensorRT .plan) that runs this bucket
+};
+
+struct RuntimeConfig {
+  std::string backend = "aoti";  // "aoti" | "tensorrt"
+  std::string device = "cpu";    // "cpu" | "cuda" | "cuda:N"
+  std::vector<BucketSpec> buckets;
+  std::vector<std::string> input_names;   // contract order: source, edited, ids, lengths
+  std::vector<std::string> output_names;  // "rewards" [+ "log_sigma"]
+  int64_t vocab_size = 0;
+  int64_t max_batch = 8;       // a batch closes when it holds this many requests...
+  int64_t max_delay_us = 2000;  // ...or this long after its first request arrived
+  int64_t max_queue = 1024;    // requests waiting for a batch; more are rejected
+  int64_t inflight = 1;        // batches running at once (one worker thread, staging slot and stream each)
+};
+
+struct Request {
+  int64_t id = 0;
+  int bucket = 0;
+  std::vector<uint8_t> source;   // (S, S, 3)
+  std::vector<uint8_t> edited;   // (S, S, 3)
+  std::vector<int64_t> text_ids; // (n,), unpadded
+  Clock::time_point enqueued;
+};
+
+struct Completion {
+  int64_t id = 0;
+  float reward = 0.f;
+  float log_sigma = 0.f;
+  std::string error;  // empty on success
+};
+
+}  // namespace jrm
