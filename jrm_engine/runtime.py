@@ -1,0 +1,329 @@
+"""In-process dynamic-batching scoring runtime over a compiled scoring graph (C++ extension `jrm_engine._runtime`).
+
+Requests from any number of Python threads are validated, copied and queued by C++ with the GIL released;
+worker threads close a batch when it holds `max_batch` requests or `max_delay_ms` after its first request, pad
+it to its text-length bucket, run it on the engine (AOTInductor package, or TensorRT plan where built) and
+answer each request's `concurrent.futures.Future`. Inputs are already preprocessed: uint8 pixels at the engine's
+image size and int64 instruction token ids (tokenisation and resizing stay in `jrm_engine.scoring`).
+
+    with RuntimeScorer.load("out/manifest.json", max_batch=32, max_delay_ms=2) as rt:
+        fut = rt.submit(source_pixels, edited_pixels, text_ids)  # (S,S,3) uint8, (S,S,3) uint8, (n,) int64
+        reward = fut.result()
+
+Runtime manifest (JSON, written by `jrm-export` next to the engine files; relative paths are relative to it):
+
+    {
+      "format": "jrm-runtime-manifest", "version": 1,
+      "backend": "aoti",                 # "aoti" (.pt2 from aoti_compile_and_package) | "tensorrt" (.plan)
+      "device": "cpu",                   # device type the engines were compiled for: "cpu" | "cuda"
+      "image_size": 448,                 # S of source_pixels / edited_pixels (S, S, 3) uint8
+      "max_batch": 32,                   # largest batch every engine accepts (its batch Dim max)
+      "vocab_size": 151936,              # text_ids must lie in [0, vocab_size)
+      "inputs": ["source_pixels", "edited_pixels", "text_ids", "text_lengths"],   # the contract, this order
+      "outputs": ["rewards"],            # or ["rewards", "log_sigma"]; float32 [B] each
+      "buckets": [                       # text-length buckets, each with the engine that runs it
+        {"text_len": 64,  "package": "score.pt2", "sha256": "..."},              # sha256 optional, checked
+        {"text_len": 128, "package": "score.pt2"}                                 # buckets may share a file
+      ],
+      "torch_version": "2.11.0",         # aoti: torch that compiled the package (major.minor must match)
+      "tensorrt_version": "10.9.0",      # tensorrt: TensorRT that built the plans (must match exactly)
+      "compute_capability": "9.0",       # tensorrt, and aoti on cuda: GPU the engines were built for
+      "checkpoint_sha256": "..."         # optional provenance; compared when load(expect=...) names it
+    }
+
+A bucket may also carry its own "image_size" (default: the top-level one): requests are bucketed by image size
+and text length. One package per bucket (static text length) or one package with a dynamic text length shared
+by all buckets are both fine; each distinct file is loaded once.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import threading
+import weakref
+import zipfile
+from concurrent.futures import Future, InvalidStateError, wait, FIRST_COMPLETED
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import _runtime
+
+MANIFEST_FORMAT = "jrm-runtime-manifest"
+CONTRACT_INPUTS = ["source_pixels", "edited_pixels", "text_ids", "text_lengths"]
+
+QueueFullError = _runtime.QueueFullError
+RuntimeClosedError = _runtime.RuntimeClosedError
+
+
+class BatchError(RuntimeError):
+    """The engine failed on the batch this request was in (the message says which batch and why)."""
+
+
+@dataclass(frozen=True)
+class Bucket:
+    image_size: int
+    text_len: int
+    package: Path
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    backend: str
+    device: str
+    image_size: int
+    max_batch: int
+    vocab_size: int
+    outputs: list[str]
+    buckets: list[Bucket]
+    fields: dict[str, Any]  # the whole JSON, for provenance checks
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Manifest":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"runtime manifest {path}: no such file")
+        d = json.loads(path.read_text())
+
+        def field(name: str, kind: type) -> Any:
+            if name not in d:
+                raise ValueError(f"runtime manifest {path}: missing field {name!r}")
+            if not isinstance(d[name], kind):
+                raise ValueError(f"runtime manifest {path}: field {name!r} must be {kind.__name__}, got {d[name]!r}")
+            return d[name]
+
+        if d.get("format") != MANIFEST_FORMAT or d.get("version") != 1:
+            raise ValueError(f"runtime manifest {path}: format/version must be {MANIFEST_FORMAT!r}/1, "
+                             f"got {d.get('format')!r}/{d.get('version')!r}")
+        if field("inputs", list) != CONTRACT_INPUTS:
+            raise ValueError(f"runtime manifest {path}: field 'inputs' must be {CONTRACT_INPUTS}, got {d['inputs']}")
+        if field("outputs", list) not in (["rewards"], ["rewards", "log_sigma"]):
+            raise ValueError(f"runtime manifest {path}: field 'outputs' must be [rewards] or [rewards, log_sigma]")
+        image_size = field("image_size", int)
+        buckets = []
+        for i, b in enumerate(field("buckets", list)):
+            if not isinstance(b, dict) or not isinstance(b.get("text_len"), int) or not b.get("package"):
+                raise ValueError(f"runtime manifest {path}: buckets[{i}] needs an int 'text_len' and a 'package'")
+            package = (path.parent / b["package"]).resolve()
+            if not package.is_file():
+                raise FileNotFoundError(f"runtime manifest {path}: buckets[{i}] package {package}: no such file")
+            buckets.append(Bucket(int(b.get("image_size", image_size)), b["text_len"], package, b.get("sha256")))
+        if not buckets:
+            raise ValueError(f"runtime manifest {path}: field 'buckets' is empty")
+        return cls(path=path, backend=field("backend", str), device=field("device", str), image_size=image_size,
+                   max_batch=field("max_batch", int), vocab_size=field("vocab_size", int), outputs=d["outputs"],
+                   buckets=buckets, fields=d)
+
+
+class RuntimeScorer:
+    """Batched scoring of preprocessed requests; thread-safe; a context manager that drains on exit.
+
+    Futures resolve to a float reward (or `(reward, log_sigma)` with `return_log_sigma=True`). A request with
+    bad input gets a failed future (ValueError naming the argument); a full queue raises `QueueFullError` at
+    submit (never a silent drop); an engine failure fails only that batch's futures (`BatchError`). Cancelling a
+    future does not stop its request: it is already queued in C++.
+    """
+
+    def __init__(self, manifest: Manifest, *, device: str | None = None, max_batch: int | None = None,
+                 max_delay_ms: float = 2.0, max_queue: int = 1024, inflight: int | None = None,
+                 expect: dict[str, Any] | None = None, verify_sha256: bool = True):
+        device = device or manifest.device
+        check_engine_matches(manifest, device, expect or {}, verify_sha256)
+        max_batch = max_batch or manifest.max_batch
+        if not 1 <= max_batch <= manifest.max_batch:
+            raise ValueError(f"max_batch={max_batch} must be in [1, {manifest.max_batch}] (the engines' batch limit)")
+        config = _runtime.RuntimeConfig()
+        config.backend = manifest.backend
+        config.device = device
+        config.buckets = [_runtime.BucketSpec(b.image_size, b.text_len, str(b.package)) for b in manifest.buckets]
+        config.input_names = CONTRACT_INPUTS
+        config.output_names = manifest.outputs
+        config.vocab_size = manifest.vocab_size
+        config.max_batch = max_batch
+        config.max_delay_us = int(round(max_delay_ms * 1000))
+        config.max_queue = max_queue
+        # Two batches in flight on a GPU overlap one batch's copies with the other's compute; on a CPU the
+        # engine already uses every core for one batch.
+        config.inflight = inflight or (2 if device.startswith("cuda") else 1)
+        self.manifest = manifest
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.has_log_sigma = len(manifest.outputs) > 1
+        self._rt = _runtime.Runtime(config)
+        self._ids = itertools.count()
+        self._pending: dict[int, tuple[Future, bool]] = {}
+        self._lock = threading.Lock()
+        # The completion thread must not hold `self`, so an unclosed scorer can still be collected and closed.
+        self._thread = threading.Thread(target=_resolve_completions, args=(self._rt, self._pending, self._lock),
+                                        name="jrm-runtime-completions", daemon=True)
+        self._thread.start()
+        self._finalizer = weakref.finalize(self, _shutdown, self._rt, self._thread, True)
+
+    @classmethod
+    def load(cls, manifest_path: str | Path, **kwargs: Any) -> "RuntimeScorer":
+        return cls(Manifest.load(manifest_path), **kwargs)
+
+    def submit(self, source_pixels, edited_pixels, text_ids, *, return_log_sigma: bool = False) -> Future:
+        """Queue one request: (S, S, 3) uint8 source and edited pixels, (n,) instruction token ids."""
+        if return_log_sigma and not self.has_log_sigma:
+            raise ValueError("return_log_sigma=True but this engine's reward head has no log_sigma output")
+        future: Future = Future()
+        future.set_running_or_notify_cancel()
+        request_id = next(self._ids)
+        with self._lock:
+            self._pending[request_id] = (future, return_log_sigma)
+        try:
+            self._rt.submit(request_id, _pixels(source_pixels), _pixels(edited_pixels), _token_ids(text_ids))
+        except ValueError as e:  # bad input: this request's future fails, nothing else is affected
+            with self._lock:
+                self._pending.pop(request_id, None)
+            future.set_exception(e)
+        except BaseException:  # queue full or closed: the caller must hear it now
+            with self._lock:
+                self._pending.pop(request_id, None)
+            raise
+        return future
+
+    def score(self, sources: Sequence, edited: Sequence, text_ids: Sequence, *,
+              return_log_sigma: bool = False):
+        """Score many requests (batched with every other thread's); returns rewards (N,) float32, or
+        (rewards, log_sigma). Waits for queue room when its own earlier requests hold the queue full."""
+        if not len(sources) == len(edited) == len(text_ids):
+            raise ValueError(f"sources, edited and text_ids differ in length: "
+                             f"{len(sources)}, {len(edited)}, {len(text_ids)}")
+        futures: list[Future] = []
+        for src, edt, ids in zip(sources, edited, text_ids):
+            while True:
+                try:
+                    futures.append(self.submit(src, edt, ids, return_log_sigma=return_log_sigma))
+                    break
+                except QueueFullError:
+                    waiting = [f for f in futures if not f.done()]
+                    if not waiting:
+                        raise
+                    wait(waiting, return_when=FIRST_COMPLETED)
+        results = [f.result() for f in futures]
+        if return_log_sigma:
+            pairs = np.asarray(results, dtype=np.float32).reshape(len(results), 2)
+            return pairs[:, 0].copy(), pairs[:, 1].copy()
+        return np.asarray(results, dtype=np.float32)
+
+    def score_group(self, source, edited_list: Sequence, text_ids, *, return_log_sigma: bool = False):
+        """Score G candidates for one source image and instruction; returns (G,) float32 (or with log_sigma).
+        Each candidate is an independent request here; the prefix-sharing group graph is jrm_engine.export's."""
+        n = len(edited_list)
+        return self.score([source] * n, edited_list, [text_ids] * n, return_log_sigma=return_log_sigma)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: requests, completed, failed, rejected, invalid, batches (and why each closed), mean batch
+        size, queue size (now and the most seen), queue-wait and run-time percentiles in microseconds."""
+        return self._rt.stats()
+
+    def close(self, drain: bool = True) -> None:
+        """Stop accepting requests; with drain answer every queued request first, else fail them. Idempotent."""
+        self._finalizer.detach()
+        _shutdown(self._rt, self._thread, drain)
+
+    def __enter__(self) -> "RuntimeScorer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close(drain=True)
+
+
+def _pixels(x) -> np.ndarray:
+    # No dtype conversion: a float image here is a preprocessing bug the C++ check should report.
+    return np.ascontiguousarray(np.asarray(x))
+
+
+def _token_ids(x) -> np.ndarray:
+    ids = np.asarray(x)
+    if ids.size == 0 or ids.dtype.kind in "iu":
+        ids = ids.astype(np.int64, copy=False)  # int32 ids are lossless; [] would otherwise be float64
+    return np.ascontiguousarray(ids)
+
+
+def _resolve_completions(rt, pending: dict, lock: threading.Lock) -> None:
+    # One Python thread resolves every future: the C++ workers never take the GIL, and a Python callback run
+    # from a C++ thread cannot deadlock interpreter shutdown. wait_completions releases the GIL while waiting
+    # and returns everything finished so far, so a full batch costs one wake-up.
+    while (done := rt.wait_completions(100)) is not None:
+        for request_id, reward, log_sigma, error in done:
+            with lock:
+                entry = pending.pop(request_id, None)
+            if entry is None:
+                continue
+            future, want_log_sigma = entry
+            try:
+                if error is not None:
+                    future.set_exception(BatchError(error))
+                else:
+                    future.set_result((reward, log_sigma) if want_log_sigma else reward)
+            except InvalidStateError:  # cancelled by its caller
+                pass
+
+
+def _shutdown(rt, thread: threading.Thread, drain: bool) -> None:
+    rt.close(drain)  # joins the C++ workers, then closes the completion queue
+    if thread is not threading.current_thread():
+        thread.join()
+
+
+def check_engine_matches(manifest: Manifest, device: str, expect: dict[str, Any], verify_sha256: bool) -> None:
+    """Refuse engines built for another model, torch/TensorRT version or GPU, naming the field that differs."""
+    where = f"runtime manifest {manifest.path}"
+    for name, value in expect.items():
+        if manifest.fields.get(name) != value:
+            raise ValueError(f"{where}: field {name!r} is {manifest.fields.get(name)!r}, expected {value!r}")
+    if device.split(":")[0] != manifest.device:
+        raise ValueError(f"{where}: field 'device' is {manifest.device!r} but the runtime was asked for {device!r}")
+    if manifest.backend == "aoti":
+        import torch
+
+        built = manifest.fields.get("torch_version")
+        if built and built.split(".")[:2] != torch.__version__.split(".")[:2]:
+            raise ValueError(f"{where}: field 'torch_version' is {built!r}, this process runs torch "
+                             f"{torch.__version__}; re-export the package with this torch")
+    elif manifest.backend == "tensorrt":
+        if not _runtime.has_tensorrt:
+            raise RuntimeError("this build of jrm_engine has no TensorRT backend (CMake did not find TensorRT); "
+                               "use a manifest with backend 'aoti'")
+        if manifest.fields.get("tensorrt_version") != _runtime.tensorrt_version():
+            raise ValueError(f"{where}: field 'tensorrt_version' is {manifest.fields.get('tensorrt_version')!r}, "
+                             f"the linked TensorRT is {_runtime.tensorrt_version()}")
+    if device.startswith("cuda"):
+        import torch
+
+        index = int(device.split(":")[1]) if ":" in device else torch.cuda.current_device()
+        here = "{}.{}".format(*torch.cuda.get_device_capability(index))
+        for bucket in manifest.buckets:
+            built = manifest.fields.get("compute_capability") or _aoti_compute_capability(bucket.package)
+            if built and built.replace(".", "") != here.replace(".", ""):
+                raise ValueError(f"{where}: field 'compute_capability' of {bucket.package.name} is {built!r}, "
+                                 f"this GPU is {here}")
+    if verify_sha256:
+        for bucket in {b.package: b for b in manifest.buckets}.values():
+            if bucket.sha256 and _sha256(bucket.package) != bucket.sha256:
+                raise ValueError(f"{where}: field 'sha256' of {bucket.package.name} does not match the file")
+
+
+def _aoti_compute_capability(package: Path) -> str | None:
+    if package.suffix != ".pt2":
+        return None
+    with zipfile.ZipFile(package) as z:
+        for name in z.namelist():
+            if name.endswith("_metadata.json"):
+                return json.loads(z.read(name)).get("AOTI_COMPUTE_CAPABILITY") or None
+    return None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
