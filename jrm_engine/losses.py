@@ -12,6 +12,7 @@ and `impl="triton"` (fused kernels from `jrm_engine.kernels`: the `[rows, V]` lo
 from __future__ import annotations
 
 import math
+import os
 from typing import NamedTuple
 
 import numpy as np
@@ -158,15 +159,80 @@ def joint_loss(hidden, lm_weight, lm_labels, rewards, chosen, rejected, *, alpha
         l_rank = rank_loss_torch(rewards, chosen, rejected, rank_loss=rank_loss, margin=margin, tie_a=tie_a, tie_b=tie_b)
         l_lm = lm_loss_torch(hidden, lm_weight, lm_labels)
     else:
-        l_rank, l_lm = _joint_loss_triton(hidden, lm_weight, lm_labels, rewards, chosen, rejected, alpha=alpha,
+        l_rank, l_lm = _joint_loss_triton(hidden, lm_weight, lm_labels, rewards, chosen, rejected,
                                           rank_loss=rank_loss, margin=margin, tie_a=tie_a, tie_b=tie_b)
     l_rank = l_rank.float() if l_rank.dtype in (torch.float16, torch.bfloat16) else l_rank
     l_lm = l_lm.to(l_rank.dtype)
     return JointLossOutput((1.0 - alpha) * l_rank + alpha * l_lm, l_rank, l_lm)
 
 
-def _joint_loss_triton(*args, **kwargs):
-    raise NotImplementedError("impl='triton' lands with the kernels (issue 3); use impl='torch' or 'auto'")
+class JointLossFunction(torch.autograd.Function):
+    """Fused (rank_loss, lm_loss) on the Triton kernels; gradients for hidden, lm_weight and rewards.
+
+    LM half: labelled rows are selected on the device (`select_labelled_rows`), the forward stores only per-row
+    LSE (fp32), the backward recomputes logits tile by tile (`lm_backward`). The normaliser n_labelled stays a
+    device tensor and is folded into the gradient scale: nothing here synchronises with the host. Rank half: one
+    small kernel computes the pair losses and their (unscaled) reward gradients in the forward.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, lm_weight, lm_labels, rewards, chosen, rejected, tie_a, tie_b, rank_loss, margin,
+                slab_bytes):
+        from jrm_engine.kernels import lm_lse_forward, rank_loss_forward, select_labelled_rows
+
+        T = hidden.shape[0]
+        rows, count, labels_sel = select_labelled_rows(lm_labels)
+        lse, target_logit = lm_lse_forward(hidden, lm_weight, rows, count, labels_sel)
+        valid = torch.arange(T, device=hidden.device) < count
+        n_labelled = count.clamp(min=1).float()
+        lm = torch.where(valid, lse - target_logit, 0.0).sum() / n_labelled.squeeze(0)
+
+        loss_sum = torch.zeros(1, device=rewards.device, dtype=torch.float32)
+        rank_grad = torch.zeros((rewards.shape[0], 2), device=rewards.device, dtype=torch.float32)
+        rank_loss_forward(rewards, chosen, rejected, rank_loss, margin, loss_sum, rank_grad)
+        n_pairs = chosen.numel()
+        if tie_a is not None:
+            rank_loss_forward(rewards, tie_a, tie_b, "tie", 0.0, loss_sum, rank_grad)
+            n_pairs += tie_a.numel()
+        n_pairs = max(n_pairs, 1)
+        rank = loss_sum.squeeze(0) / n_pairs
+
+        ctx.save_for_backward(hidden, lm_weight, rows, count, labels_sel, lse, rank_grad)
+        ctx.n_pairs, ctx.slab_bytes, ctx.rewards_shape, ctx.rewards_dtype = (n_pairs, slab_bytes, rewards.shape,
+                                                                            rewards.dtype)
+        return rank, lm
+
+    @staticmethod
+    def backward(ctx, g_rank, g_lm):
+        from jrm_engine.kernels import lm_backward
+
+        hidden, lm_weight, rows, count, labels_sel, lse, rank_grad = ctx.saved_tensors
+        d_hidden = d_weight = d_rewards = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            scale = (g_lm.float() / count.clamp(min=1).float()).reshape(1)  # device tensor: no host sync
+            d_hidden, d_weight = lm_backward(hidden, lm_weight, rows, count, labels_sel, lse, scale,
+                                             need_dx=ctx.needs_input_grad[0], need_dw=ctx.needs_input_grad[1],
+                                             slab_bytes=ctx.slab_bytes)
+        if ctx.needs_input_grad[3]:
+            grad = rank_grad * (g_rank.float() / ctx.n_pairs)
+            grad = grad[:, 0] if len(ctx.rewards_shape) == 1 else grad[:, : ctx.rewards_shape[1]]
+            d_rewards = grad.to(ctx.rewards_dtype)
+        return d_hidden, d_weight, None, d_rewards, None, None, None, None, None, None, None
+
+
+def _joint_loss_triton(hidden, lm_weight, lm_labels, rewards, chosen, rejected, *, rank_loss, margin, tie_a, tie_b):
+    if not hidden.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tests); use impl='torch'")
+    if hidden.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"impl='triton' supports fp32/bf16/fp16 hidden, got {hidden.dtype}; use impl='torch'")
+    if hidden.dtype != lm_weight.dtype:
+        raise ValueError(f"impl='triton' needs hidden and lm_weight in one dtype, got {hidden.dtype} and {lm_weight.dtype}")
+    from jrm_engine.kernels.lm_backward import SLAB_BYTES
+
+    if rewards.dim() == 2 and rewards.stride(1) != 1:
+        rewards = rewards.contiguous()
+    return JointLossFunction.apply(hidden, lm_weight, lm_labels, rewards, chosen, rejected, tie_a, tie_b, rank_loss,
+                                   margin, SLAB_BYTES)
 
 
 class JointLoss(nn.Module):
