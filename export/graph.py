@@ -208,11 +208,13 @@ class Decoder(nn.Module):
         self.head_dim = cfg.hidden_size // cfg.num_attention_heads
         self.act = ACT2FN[cfg.hidden_act]
         self.rotary = TextRotary(language_model.rotary_emb)
+        rep = self.heads // self.kv_heads
+        self.register_buffer("kv_for_head", torch.arange(self.heads) // rep, persistent=False)
 
     def _repeat_kv(self, t: torch.Tensor) -> torch.Tensor:
-        b, kvh, n, d = t.shape
-        rep = self.heads // kvh
-        return t[:, :, None].expand(b, kvh, rep, n, d).reshape(b, kvh * rep, n, d)
+        # A constant gather rather than expand+reshape: the reshape's contiguity check trips torch.export's
+        # symbolic solver on a dynamic sequence length.
+        return t.index_select(1, self.kv_for_head)
 
     def forward(self, h: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
                 past: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -306,8 +308,10 @@ class ScoringGraph(nn.Module):
     def forward(self, source_pixels: torch.Tensor, edited_pixels: torch.Tensor, text_ids: torch.Tensor,
                 text_lengths: torch.Tensor):
         b, text_len = text_ids.shape
-        tokens = self.vision(torch.cat([source_pixels, edited_pixels], dim=0))  # both images in one pass
-        h = torch.cat([self.prefix_embeddings(tokens[:b], text_ids), self.candidate_embeddings(tokens[b:])], 1)
+        # Both images in one vision pass; stack/unbind (not cat/slice) keeps the batch one symbol for export.
+        pixels = torch.stack([source_pixels, edited_pixels]).flatten(0, 1)
+        source_tokens, edited_tokens = self.vision(pixels).unflatten(0, (2, b)).unbind(0)
+        h = torch.cat([self.prefix_embeddings(source_tokens, text_ids), self.candidate_embeddings(edited_tokens)], 1)
         positions = torch.cat([self.prefix_position_ids(b, text_len), self.candidate_position_ids(text_lengths)], 2)
         t = h.shape[1]
         valid = torch.cat([self.prefix_key_valid(text_lengths, text_len),
