@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .tuning import INTERPRET, dot_precision, tile_configs
+from .tuning import INTERPRET, dot_acc, dot_precision, tile_configs
 
 SLAB_BYTES = 128 << 20  # bounds the [T, Vc] logit-gradient slab; bigger slabs mean fewer dX accumulator passes
 _CHUNK_ALIGN = 256  # Vc is a multiple of every BLOCK_N / BLOCK_K used below
@@ -63,7 +63,7 @@ def _lm_dlogits_kernel(X, W, Rows, Count, Labels, Lse, Scale, Slab, v0, vc_len, 
         else:
             x = tl.load(x_base + kk[None, :] * stride_xh, mask=mask_m[:, None] & (kk[None, :] < H), other=0.0)
             w = tl.load(w_base + kk[:, None] * stride_wh, mask=mask_c[None, :] & (kk[:, None] < H), other=0.0)
-        acc = tl.dot(x, w, acc, input_precision=DOT_PRECISION)
+        acc = dot_acc(x, w, acc, DOT_PRECISION)
 
     scale = tl.load(Scale)
     grad = tl.exp(acc - lse[:, None]) - tl.where(offs_v[None, :] == labels[:, None], 1.0, 0.0)
@@ -94,7 +94,7 @@ def _lm_dw_kernel(Slab, X, Rows, Count, DW, v0, vc_len, H, Vc,
                     mask=mask_i[:, None] & mask_c[None, :], other=0.0)  # [BLOCK_K rows, BLOCK_M vocab]
         x = tl.load(X + rows[:, None] * stride_xt + offs_h[None, :] * stride_xh,
                     mask=mask_i[:, None] & mask_h[None, :], other=0.0)  # [BLOCK_K rows, BLOCK_N hidden]
-        acc = tl.dot(tl.trans(g), x, acc, input_precision=DOT_PRECISION)
+        acc = dot_acc(tl.trans(g), x, acc, DOT_PRECISION)
     dw_ptrs = DW + (v0 + offs_c)[:, None].to(tl.int64) * stride_dwv + offs_h[None, :] * stride_dwh
     tl.store(dw_ptrs, acc.to(DW.dtype.element_ty), mask=mask_c[:, None] & mask_h[None, :])
 
@@ -122,7 +122,7 @@ def _lm_dx_kernel(Slab, W, Rows, Count, DxAcc, DX, v0, vc_len, H, Vc,
                     mask=mask_m[:, None] & mask_j[None, :], other=0.0)  # [BLOCK_M rows, BLOCK_K vocab]
         w = tl.load(W + (v0 + offs_j)[:, None].to(tl.int64) * stride_wv + offs_h[None, :] * stride_wh,
                     mask=mask_j[:, None] & mask_h[None, :], other=0.0)  # [BLOCK_K vocab, BLOCK_N hidden]
-        acc = tl.dot(g, w, acc, input_precision=DOT_PRECISION)
+        acc = dot_acc(g, w, acc, DOT_PRECISION)
     mask = mask_m[:, None] & mask_h[None, :]
     acc_ptrs = DxAcc + offs_m[:, None].to(tl.int64) * H + offs_h[None, :]
     if not FIRST:

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .tuning import dot_precision, num_sms, tile_configs
+from .tuning import dot_acc, dot_precision, num_sms, tile_configs
 
 # (BLOCK_M rows, BLOCK_N vocab, BLOCK_K hidden, warps, stages)
 _CUDA_TILES = [(128, 128, 64, 8, 4), (128, 256, 64, 8, 3), (256, 128, 64, 8, 3)]
@@ -56,7 +56,7 @@ def _lm_lse_fwd_kernel(X, W, Rows, Count, Labels, PartLse, PartTgt, T, V, H,
             else:
                 x = tl.load(x_base + kk[None, :] * stride_xh, mask=mask_m[:, None] & (kk[None, :] < H), other=0.0)
                 w = tl.load(w_base + kk[:, None] * stride_wh, mask=mask_v[None, :] & (kk[:, None] < H), other=0.0)
-            acc = tl.dot(x, w, acc, input_precision=DOT_PRECISION)
+            acc = dot_acc(x, w, acc, DOT_PRECISION)
         acc = tl.where(mask_v[None, :], acc, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(acc, 1))
         s_i = s_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(acc - m_new[:, None]), 1)

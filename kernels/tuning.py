@@ -3,8 +3,21 @@ import os
 
 import torch
 import triton
+import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# The interpreter (numpy) returns garbage for bf16/fp16 `tl.dot` (triton 3.9); exact upcasting to fp32 there gives
+# the same math as the GPU's low-precision dot with fp32 accumulation.
+_UPCAST_DOT = tl.constexpr(INTERPRET)
+
+
+@triton.jit
+def dot_acc(a, b, acc, DOT_PRECISION: tl.constexpr):
+    """acc + a @ b with an fp32 accumulator."""
+    if _UPCAST_DOT:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
 
 
 def tile_configs(cuda_tiles, interpret_tile):
