@@ -1,0 +1,252 @@
+"""C++ batching runtime (jrm_engine._runtime via RuntimeScorer) on the AOTInductor backend, CPU.
+
+The engine is a stand-in with exactly the scoring-graph contract (tests/runtime_toy_graph.py), compiled once per
+session. Truth for each request is the eager module on that request alone; the compiled package run on that
+request alone (batch 1) must agree with it too, so any difference comes from batching.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from runtime_toy_graph import ToyScoringGraph, build_toy_package
+
+from jrm_engine.runtime import BatchError, QueueFullError, RuntimeClosedError, RuntimeScorer
+
+IMAGE, VOCAB, BUCKETS, MAX_BATCH = 28, 512, (8, 16, 32), 16
+TOL = 1e-5
+
+
+@pytest.fixture(scope="session")
+def toy_engine(tmp_path_factory):
+    # A fixed folder, so test modules that import this fixture share one compile per session.
+    folder = tmp_path_factory.getbasetemp() / "toy_engine"
+    if (folder / "manifest.json").is_file():
+        return folder / "manifest.json", ToyScoringGraph(IMAGE, VOCAB, max(BUCKETS)).eval()
+    return build_toy_package(folder, IMAGE, VOCAB, BUCKETS, MAX_BATCH)
+
+
+@pytest.fixture(scope="session")
+def package_alone(toy_engine):
+    manifest, _ = toy_engine
+    return torch._inductor.aoti_load_package(str(manifest.parent / "toy.pt2"))
+
+
+def make_request(rng, n_tokens):
+    return (rng.integers(0, 256, (IMAGE, IMAGE, 3), dtype=np.uint8),
+            rng.integers(0, 256, (IMAGE, IMAGE, 3), dtype=np.uint8),
+            rng.integers(1, VOCAB, n_tokens, dtype=np.int64))
+
+
+def padded_inputs(request):
+    source, edited, ids = request
+    bucket = next(b for b in BUCKETS if b >= len(ids))
+    padded = np.zeros((1, bucket), np.int64)
+    padded[0, : len(ids)] = ids
+    return (torch.from_numpy(source)[None], torch.from_numpy(edited)[None], torch.from_numpy(padded),
+            torch.tensor([len(ids)]))
+
+
+def truth(module, request) -> float:
+    with torch.no_grad():
+        return module(*padded_inputs(request)).item()
+
+
+def assert_close(got, want, what):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    bad = np.flatnonzero(np.abs(got - want) > TOL)
+    assert bad.size == 0, f"{what}: {bad.size} mismatches, first at {bad[:5]}: got {got[bad[:5]]}, want {want[bad[:5]]}"
+
+
+def test_every_result_equals_scoring_that_request_alone(toy_engine, package_alone):
+    manifest, module = toy_engine
+    rng = np.random.default_rng(0)
+    requests = [make_request(rng, int(n)) for n in rng.integers(1, max(BUCKETS) + 1, 160)]
+    want = [truth(module, r) for r in requests]
+    alone = [package_alone(*padded_inputs(r)).item() for r in requests]
+    assert_close(alone, want, "package at batch 1 vs eager")
+
+    got = [None] * len(requests)
+    with RuntimeScorer.load(manifest, max_batch=8, max_delay_ms=3, inflight=2) as rt:
+        def client(start):
+            futures = [(i, rt.submit(*requests[i])) for i in range(start, len(requests), 4)]
+            for i, f in futures:
+                got[i] = f.result(timeout=30)
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        stats = rt.stats()
+    assert_close(got, want, "runtime vs eager")
+    assert stats["completed"] == len(requests) and stats["max_batch_size_seen"] <= 8
+    assert stats["mean_batch_size"] > 1, "requests from 4 threads were never batched together"
+
+
+def test_batch_closes_at_max_batch(toy_engine):
+    manifest, module = toy_engine
+    rng = np.random.default_rng(1)
+    requests = [make_request(rng, 5) for _ in range(8)]
+    with RuntimeScorer.load(manifest, max_batch=4, max_delay_ms=60_000) as rt:
+        got = [f.result(timeout=20) for f in [rt.submit(*r) for r in requests]]  # long before the delay
+        stats = rt.stats()
+    assert stats["batches"] == 2 and stats["closed_full"] == 2 and stats["max_batch_size_seen"] == 4
+    assert_close(got, [truth(module, r) for r in requests], "full batches")
+
+
+def test_batch_closes_at_max_delay_after_its_first_request(toy_engine):
+    manifest, _ = toy_engine
+    rng = np.random.default_rng(2)
+    delay = 0.3
+    with RuntimeScorer.load(manifest, max_batch=MAX_BATCH, max_delay_ms=delay * 1000) as rt:
+        rt.score([make_request(rng, 3)[0]], [make_request(rng, 3)[1]], [[1, 2]])  # warm the engine up
+        start = time.perf_counter()
+        first = rt.submit(*make_request(rng, 3))
+        time.sleep(0.2)
+        second = rt.submit(*make_request(rng, 4))
+        first.result(timeout=10)
+        elapsed = time.perf_counter() - start
+        second.result(timeout=10)
+        stats = rt.stats()
+    # Closing `delay` after the *last* request would take 0.5 s.
+    assert delay <= elapsed < delay + 0.15, elapsed
+    assert stats["batches"] == 2 and stats["closed_delay"] == 2 and stats["max_batch_size_seen"] == 2
+
+
+def test_requests_are_bucketed_by_text_length(toy_engine):
+    manifest, module = toy_engine
+    rng = np.random.default_rng(3)
+    lengths = [2, 8, 9, 16, 17, 32, 3, 12, 30]  # buckets 8, 8, 16, 16, 32, 32, 8, 16, 32
+    requests = [make_request(rng, n) for n in lengths]
+    with RuntimeScorer.load(manifest, max_batch=MAX_BATCH, max_delay_ms=200) as rt:
+        got = rt.score(*zip(*requests))
+        stats = rt.stats()
+    assert stats["batches"] == 3 and stats["closed_delay"] == 3 and stats["max_batch_size_seen"] == 3
+    assert_close(got, [truth(module, r) for r in requests], "bucketed")
+
+
+def test_full_queue_rejects_with_an_error_naming_the_limit(toy_engine):
+    manifest, module = toy_engine
+    rng = np.random.default_rng(4)
+    requests = [make_request(rng, 6) for _ in range(5)]
+    rt = RuntimeScorer.load(manifest, max_batch=MAX_BATCH, max_delay_ms=60_000, max_queue=4)
+    futures = [rt.submit(*r) for r in requests[:4]]
+    with pytest.raises(QueueFullError, match="max_queue=4"):
+        rt.submit(*requests[4])
+    rt.close(drain=True)
+    assert_close([f.result() for f in futures], [truth(module, r) for r in requests[:4]], "after rejection")
+    stats = rt.stats()
+    assert stats["rejected"] == 1 and stats["max_queue_size_seen"] == 4 and stats["closed_drain"] == 1
+
+
+BAD_INPUTS = {
+    "wrong image size": (lambda s, e, t: (s[:14], e, t), r"source_pixels must have shape \(S, S, 3\) with S in \{28\}"),
+    "gray image": (lambda s, e, t: (s, e[..., 0], t), r"edited_pixels must have shape"),
+    "float image": (lambda s, e, t: (s.astype(np.float32), e, t), r"source_pixels must be uint8 .* float32"),
+    "token above vocab": (lambda s, e, t: (s, e, np.array([5, VOCAB])), r"text_ids\[1\] = 512 is outside the vocabulary \[0, 512\)"),
+    "negative token": (lambda s, e, t: (s, e, np.array([-1])), r"text_ids\[0\] = -1 is outside"),
+    "float token ids": (lambda s, e, t: (s, e, t.astype(np.float64)), r"text_ids must be int64"),
+    "empty request": (lambda s, e, t: (s, e, []), r"text_ids is empty"),
+    "text too long": (lambda s, e, t: (s, e, np.ones(33, np.int64)), r"33 tokens, more than the largest text bucket \(32\)"),
+}
+
+
+def test_bad_input_fails_only_its_own_future(toy_engine):
+    manifest, module = toy_engine
+    rng = np.random.default_rng(5)
+    good = [make_request(rng, int(n)) for n in rng.integers(1, 33, 12)]
+    with RuntimeScorer.load(manifest, max_batch=MAX_BATCH, max_delay_ms=50) as rt:
+        futures, bad = [], []
+        for i, (name, (corrupt, message)) in enumerate(BAD_INPUTS.items()):
+            futures.append(rt.submit(*good[i]))
+            bad.append((name, message, rt.submit(*corrupt(*good[i]))))
+        for name, message, f in bad:
+            with pytest.raises(ValueError, match=message):
+                f.result(timeout=10)
+        assert_close([f.result(timeout=10) for f in futures], [truth(module, r) for r in good[: len(futures)]],
+                     "good requests next to bad ones")
+        assert rt.score(*zip(*good[-3:]))[0] == pytest.approx(truth(module, good[-3]), abs=TOL)  # still serving
+        assert rt.stats()["invalid"] == len(BAD_INPUTS)
+
+
+def test_engine_failure_fails_its_batch_and_the_runtime_keeps_running(toy_engine, tmp_path):
+    manifest, _ = toy_engine
+    spec = json.loads(manifest.read_text())
+    spec["outputs"] = ["rewards", "log_sigma"]  # the package has one output: every batch fails
+    for b in spec["buckets"]:
+        b["package"] = str(manifest.parent / b["package"])
+    (tmp_path / "manifest.json").write_text(json.dumps(spec))
+    rng = np.random.default_rng(6)
+    with RuntimeScorer.load(tmp_path / "manifest.json", max_batch=4, max_delay_ms=1) as rt:
+        for _ in range(2):
+            with pytest.raises(BatchError, match=r"failed: engine returned 1 outputs, the manifest declares 2"):
+                rt.submit(*make_request(rng, 4)).result(timeout=10)
+        assert rt.stats()["failed"] == 2
+
+
+def test_context_manager_drains_and_close_without_drain_fails_pending(toy_engine):
+    manifest, module = toy_engine
+    rng = np.random.default_rng(7)
+    requests = [make_request(rng, int(n)) for n in rng.integers(1, 33, 20)]
+    start = time.perf_counter()
+    with RuntimeScorer.load(manifest, max_batch=MAX_BATCH, max_delay_ms=60_000) as rt:
+        futures = [rt.submit(*r) for r in requests]
+    assert time.perf_counter() - start < 20  # drained at exit, not after the 60 s delay
+    assert_close([f.result(timeout=0) for f in futures], [truth(module, r) for r in requests], "drained")
+    with pytest.raises(RuntimeClosedError):
+        rt.submit(*requests[0])
+    rt.close()  # idempotent
+
+    rt = RuntimeScorer.load(manifest, max_batch=MAX_BATCH, max_delay_ms=60_000)
+    pending = [rt.submit(*r) for r in requests[:3]]
+    rt.close(drain=False)
+    for f in pending:
+        with pytest.raises(BatchError, match="closed without draining"):
+            f.result(timeout=0)
+
+
+def test_score_group_and_score_with_more_requests_than_the_queue(toy_engine):
+    manifest, module = toy_engine
+    rng = np.random.default_rng(8)
+    source, _, ids = make_request(rng, 11)
+    edited = [make_request(rng, 1)[1] for _ in range(12)]
+    requests = [make_request(rng, int(n)) for n in rng.integers(1, 33, 40)]
+    with RuntimeScorer.load(manifest, max_batch=8, max_delay_ms=2, max_queue=8) as rt:
+        group = rt.score_group(source, edited, ids)
+        many = rt.score(*zip(*requests))  # 40 requests through a queue of 8: waits, does not fail
+    assert group.shape == (12,) and group.dtype == np.float32
+    assert_close(group, [truth(module, (source, e, ids)) for e in edited], "score_group")
+    assert_close(many, [truth(module, r) for r in requests], "score")
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("torch_version", "1.0.0", r"field 'torch_version' is '1.0.0'"),
+    ("device", "cuda", r"field 'device' is 'cuda' but the runtime was asked for 'cpu'"),
+    ("inputs", ["text_ids"], r"field 'inputs' must be"),
+    ("format", "onnx", r"format/version must be"),
+    ("sha256", "0" * 64, r"field 'sha256' of toy.pt2 does not match the file"),
+])
+def test_engine_for_another_environment_is_refused_naming_the_field(toy_engine, tmp_path, field, value, message):
+    manifest, _ = toy_engine
+    spec = json.loads(manifest.read_text())
+    for b in spec["buckets"]:
+        b["package"] = str(manifest.parent / b["package"])
+        if field == "sha256":
+            b["sha256"] = value
+    if field != "sha256":
+        spec[field] = value
+    (tmp_path / "manifest.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match=message):
+        RuntimeScorer.load(tmp_path / "manifest.json", device="cpu")
+
+
+def test_expected_provenance_is_checked(toy_engine):
+    manifest, _ = toy_engine
+    with pytest.raises(ValueError, match=r"field 'checkpoint_sha256' is None, expected 'abc'"):
+        RuntimeScorer.load(manifest, expect={"checkpoint_sha256": "abc"})
