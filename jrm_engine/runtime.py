@@ -31,6 +31,9 @@ Runtime manifest (JSON, written by `jrm-export` next to the engine files; relati
       "checkpoint_sha256": "..."         # optional provenance; compared when load(expect=...) names it
     }
 
+Other fields (jrm-export adds pad_id, settings, dtype, ...) are kept in `Manifest.fields` and otherwise ignored,
+except pad_id, which must be 0: the runtime right-pads text_ids with 0 as the contract says.
+
 A bucket may also carry its own "image_size" (default: the top-level one): requests are bucketed by image size
 and text length. One package per bucket (static text length) or one package with a dynamic text length shared
 by all buckets are both fine; each distinct file is loaded once.
@@ -104,6 +107,8 @@ class Manifest:
             raise ValueError(f"runtime manifest {path}: field 'inputs' must be {CONTRACT_INPUTS}, got {d['inputs']}")
         if field("outputs", list) not in (["rewards"], ["rewards", "log_sigma"]):
             raise ValueError(f"runtime manifest {path}: field 'outputs' must be [rewards] or [rewards, log_sigma]")
+        if d.get("pad_id", 0) != 0:
+            raise ValueError(f"runtime manifest {path}: field 'pad_id' is {d['pad_id']}, the runtime pads with 0")
         image_size = field("image_size", int)
         buckets = []
         for i, b in enumerate(field("buckets", list)):
