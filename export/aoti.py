@@ -13,7 +13,7 @@ from .settings import ExportSettings
 
 
 def compile_package(graph: ScoringGraph, settings: ExportSettings, path: str | Path, *, device: str = "cpu",
-                    checkpoint_hash: str | None = None) -> Path:
+                    checkpoint_hash: str | None = None, **manifest_extra) -> Path:
     """Export (dynamic batch and text length), compile, and write `path` plus its runtime manifest beside it.
 
     Returns the manifest path. The graph must already be on `device` in the settings' dtype.
@@ -28,7 +28,7 @@ def compile_package(graph: ScoringGraph, settings: ExportSettings, path: str | P
         torch._inductor.aoti_compile_and_package(program, package_path=str(tmp))
     os.replace(tmp, path)
     manifest = build_manifest(graph, settings, backend="aoti", device=device.split(":")[0], package=path,
-                              checkpoint_hash=checkpoint_hash)
+                              checkpoint_hash=checkpoint_hash, **manifest_extra)
     return write_json_atomic(manifest_path(path), manifest)
 
 
