@@ -18,11 +18,11 @@ import yaml
 class TinyBackboneConfig:
     """Architecture of the random-init Qwen2.5-VL used when no `--backbone` folder is given."""
 
-    text_hidden: int = 192
+    text_hidden: int = 128
     text_layers: int = 4
-    text_heads: int = 6
+    text_heads: int = 4
     text_kv_heads: int = 2
-    text_intermediate: int = 512
+    text_intermediate: int = 384
     vision_hidden: int = 128
     vision_layers: int = 2
     vision_heads: int = 4
