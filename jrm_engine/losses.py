@@ -38,7 +38,7 @@ def gauss_hermite(n: int = GAUSS_HERMITE_NODES, *, device=None, dtype=torch.floa
     return (torch.as_tensor(x, device=device, dtype=dtype), torch.as_tensor(np.log(w), device=device, dtype=dtype))
 
 
-def _check_index(name: str, idx: torch.Tensor, n_rewards: int) -> None:
+def _check_index(name: str, idx: torch.Tensor) -> None:
     if idx.dim() != 1 or idx.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"{name} must be a 1-D int32/int64 index tensor into rewards, got {tuple(idx.shape)} {idx.dtype}")
 
@@ -59,15 +59,15 @@ def _validate(hidden, lm_weight, lm_labels, rewards, chosen, rejected, rank_loss
         raise ValueError(f"rank_loss='bt_uncertainty' needs rewards [S, 2] (mu, log sigma), got {tuple(rewards.shape)}")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    _check_index("chosen", chosen, rewards.shape[0])
-    _check_index("rejected", rejected, rewards.shape[0])
+    _check_index("chosen", chosen)
+    _check_index("rejected", rejected)
     if chosen.shape != rejected.shape:
         raise ValueError(f"chosen and rejected must have the same shape, got {tuple(chosen.shape)} and {tuple(rejected.shape)}")
     if (tie_a is None) != (tie_b is None):
         raise ValueError("tie_a and tie_b must be given together")
     if tie_a is not None:
-        _check_index("tie_a", tie_a, rewards.shape[0])
-        _check_index("tie_b", tie_b, rewards.shape[0])
+        _check_index("tie_a", tie_a)
+        _check_index("tie_b", tie_b)
         if tie_a.shape != tie_b.shape:
             raise ValueError(f"tie_a and tie_b must have the same shape, got {tuple(tie_a.shape)} and {tuple(tie_b.shape)}")
 
