@@ -21,8 +21,6 @@ from .evaluation.metrics import METRICS
 from .evaluation.report import plot, table
 from .evaluation.scores import check_scores, read_scores, score_candidates, write_scores
 
-BACKENDS = ("torch", "compiled", "onnx", "runtime")
-
 KEY_HELP = textwrap.dedent("""\
     benchmarks and their metrics (each as the benchmark's own scripts compute it):
       editreward-bench        EditScore's EditReward-Bench: a pair is right iff score(preferred) > score(rejected)
@@ -55,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bench", required=True, choices=BENCHMARKS, help="which benchmark format --data holds")
     p.add_argument("--data", help="benchmark file: parquet, JSON Lines or JSON (image paths relative to it)")
     p.add_argument("--scores", help="evaluate these candidate scores instead of scoring with a checkpoint")
-    p.add_argument("--backend", default="torch", choices=BACKENDS, help="scoring backend (default: torch)")
+    p.add_argument("--backend", default="torch",
+                   help="jrm_engine.scoring backend: torch (a checkpoint folder), compiled (.pt2), onnx, tensorrt, "
+                        "or any other registered one (default: torch)")
     p.add_argument("--batch-size", type=int, default=16, help="candidates per scoring call (default: 16)")
     p.add_argument("--out", help="output folder (default: eval/<bench>)")
     p.add_argument("--exclude-bad", action="store_true",
@@ -69,16 +69,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _image_size(checkpoint: str | None) -> int:
-    """The checkpoint's model.image_size (the synthetic split is rendered at it); 84 without a checkpoint."""
-    if checkpoint is None:
-        return 84
+def resolve_checkpoint(path: str) -> Path:
+    """A training run's --out folder stands for its latest checkpoint; anything else is passed on unchanged."""
     from .checkpoint import latest_checkpoint
 
-    folder = Path(checkpoint)
-    for candidate in (folder, latest_checkpoint(folder) if (folder / "checkpoints").is_dir() else None):
-        if candidate is not None and (candidate / "jrm.json").is_file():
-            return int(json.loads((candidate / "jrm.json").read_text())["model"]["image_size"])
+    folder = Path(path)
+    if not (folder / "jrm.json").is_file() and (folder / "checkpoints").is_dir():
+        latest = latest_checkpoint(folder)
+        if latest is None:
+            raise FileNotFoundError(f"{folder}: a training run without a saved checkpoint")
+        return latest
+    return folder
+
+
+def _image_size(checkpoint: Path | None) -> int:
+    """The checkpoint's model.image_size (the synthetic split is rendered at it); 84 otherwise."""
+    if checkpoint is not None and (checkpoint / "jrm.json").is_file():
+        return int(json.loads((checkpoint / "jrm.json").read_text())["model"]["image_size"])
     return 84
 
 
@@ -87,11 +94,12 @@ def evaluate(args: argparse.Namespace) -> dict:
         raise ValueError("give a CHECKPOINT to score with, or --scores FILE")
     if args.scores is not None and args.checkpoint is not None:
         raise ValueError("give either a CHECKPOINT or --scores FILE, not both")
+    checkpoint = resolve_checkpoint(args.checkpoint) if args.checkpoint is not None else None
     out = Path(args.out or f"eval/{args.bench}")
     out.mkdir(parents=True, exist_ok=True)
     bench = load_benchmark(args.bench, args.data, exclude_bad=args.exclude_bad, multi_image=args.multi_image,
                            synthetic_n=args.synthetic_n, synthetic_seed=args.synthetic_seed,
-                           image_size=_image_size(args.checkpoint))
+                           image_size=_image_size(checkpoint))
     if not bench.items:
         raise ValueError(f"{args.bench} {args.data}: no rows left to evaluate")
     t0 = time.perf_counter()
@@ -101,9 +109,9 @@ def evaluate(args: argparse.Namespace) -> dict:
         from .scoring import Scorer
 
         needed = list(dict.fromkeys(key for it in bench.items for key in it.keys))
-        scorer = Scorer.load(args.checkpoint, backend=args.backend)
+        scorer = Scorer.load(checkpoint, backend=args.backend)
         scores = score_candidates(scorer, [bench.candidates[k] for k in needed], args.batch_size, args.quiet)
-        source = {"checkpoint": str(args.checkpoint), "backend": args.backend, "batch_size": args.batch_size,
+        source = {"checkpoint": str(checkpoint), "backend": args.backend, "batch_size": args.batch_size,
                   "scores_file": str(write_scores(out / "scores.json", scores))}
     checked = check_scores(bench, scores, args.exclude_bad)
     result = METRICS[args.bench](checked.items, checked.score)

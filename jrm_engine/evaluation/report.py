@@ -70,7 +70,7 @@ def plot(bench: str, result: MetricResult, out_png: str | Path, title: str) -> P
     ax_bar.axhline(0.5, color="grey", ls=":", lw=1)
     ax_bar.set_xticks(x, categories, rotation=35 if len(categories) > 4 else 0, ha="right" if len(categories) > 4
                       else "center", fontsize=8)
-    ax_bar.set_ylim(0, 1), ax_bar.set_ylabel("accuracy"), ax_bar.legend(fontsize=7, loc="lower right")
+    ax_bar.set_ylim(0, 1), ax_bar.set_ylabel("accuracy"), ax_bar.legend(fontsize=7, loc="best")
     ax_bar.set_title(f"{title}: accuracy per {'task type' if bench == 'editreward-bench' else 'subset'}")
     margins, correct = result.margins, result.correct
     if len(margins):
