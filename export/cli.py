@@ -36,7 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="instruction-length buckets, comma separated (default: %(default)s); the largest is the "
                         "longest instruction an engine accepts")
     p.add_argument("--max-batch", type=int, default=32, help="largest batch (default: %(default)s)")
-    p.add_argument("--opt-batch", type=int, default=8, help="batch TensorRT tunes for (default: %(default)s)")
+    p.add_argument("--opt-batch", type=int, default=None,
+                   help="batch TensorRT tunes for (default: min(8, --max-batch))")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                    help="backbone dtype in the engine; the reward head stays fp32 (default: %(default)s)")
     p.add_argument("--device", default=None, help="--aoti: cpu or cuda (default: cuda if available, else cpu)")
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
     model = load_reward_model(args.checkpoint)
     ckpt_hash = checkpoint_sha256(args.checkpoint)
-    settings = ExportSettings(buckets=buckets, max_batch=args.max_batch, opt_batch=args.opt_batch,
+    settings = ExportSettings(buckets=buckets, max_batch=args.max_batch, opt_batch=args.opt_batch or min(8, args.max_batch),
                               positions=args.positions, dtype=args.dtype)
     engine = Path(args.aoti or args.onnx or args.trt)
     tokenizer_dir = save_tokenizer(model.tokenizer, engine)

@@ -1,0 +1,231 @@
+"""Python scoring API: rewards for (source image, instruction, edited image) triples, on any engine.
+
+    scorer = Scorer.load("runs/x/final")                          # a checkpoint, eager scoring graph
+    scorer = Scorer.load("out/scorer.pt2", backend="compiled")    # an AOTInductor package from `jrm-export --aoti`
+    scorer = Scorer.load("out/scorer.onnx", backend="onnx")       # onnxruntime
+    scorer = Scorer.load("out/scorer.plan", backend="tensorrt")   # TensorRT (plan checked before loading)
+    rewards = scorer.score(sources, instructions, edited)         # np.ndarray [B]
+    rewards = scorer.score_group(source, instruction, edits)      # np.ndarray [G]; source encoded once
+
+Images may be PIL images, numpy arrays or paths; each is resized to the engine's image size with the same
+`load_image` the trainer uses (bicubic, RGB), so a differently sized image is resized, not rejected. A corrupt
+image raises ValueError naming the input. An instruction longer than the largest text bucket raises ValueError.
+
+Backends are a registry (`register_backend`): each loader returns an `Engine` (the scoring-graph signature on
+torch tensors, plus what the Scorer needs to prepare inputs). Engines exported by `jrm-export` carry a manifest
+and a tokenizer beside them; the checkpoint backend builds both from the checkpoint.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .vision import ImageLike, load_image
+
+__all__ = ["Engine", "Scorer", "register_backend", "BACKENDS"]
+
+
+@dataclass
+class Engine:
+    """What a backend provides. `run` has the scoring-graph contract (docs/TEAM.md) and returns numpy arrays."""
+
+    run: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[np.ndarray, np.ndarray | None]]
+    tokenizer: object
+    image_size: int
+    buckets: tuple[int, ...]
+    max_batch: int
+    # One group against a shared prefix (source encoded once); None: the Scorer repeats the source instead.
+    run_group: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple] | None = None
+    info: dict = field(default_factory=dict)
+
+
+BACKENDS: dict[str, Callable[..., Engine]] = {}
+
+
+def register_backend(name: str, loader: Callable[..., Engine]) -> None:
+    """`loader(path, device=..., **options) -> Engine`; later registrations replace earlier ones."""
+    BACKENDS[name] = loader
+
+
+def _as_numpy(out) -> tuple[np.ndarray, np.ndarray | None]:
+    outs = [out] if isinstance(out, torch.Tensor) else list(out)
+    outs = [o.detach().float().cpu().numpy() if isinstance(o, torch.Tensor) else np.asarray(o, np.float32)
+            for o in outs]
+    return outs[0], (outs[1] if len(outs) > 1 else None)
+
+
+def _manifest(engine_path: Path) -> dict:
+    from jrm_engine.export.manifest import manifest_path
+
+    path = manifest_path(engine_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{engine_path}: no manifest {path.name} beside it; write engines with jrm-export")
+    return json.loads(path.read_text())
+
+
+def _engine_tokenizer(engine_path: Path, manifest: dict):
+    from transformers import AutoTokenizer
+
+    folder = engine_path.parent / manifest.get("tokenizer", engine_path.stem + ".tokenizer")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{engine_path}: no tokenizer folder {folder.name} beside it")
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def _exported_engine(path: Path, manifest: dict, run, **extra) -> Engine:
+    settings = manifest["settings"]
+    return Engine(run=run, tokenizer=_engine_tokenizer(path, manifest), image_size=manifest["image_size"],
+                  buckets=tuple(settings["buckets"]), max_batch=manifest["max_batch"], info=manifest, **extra)
+
+
+# ---- backends -------------------------------------------------------------------------------------------------
+def load_torch(path, device: str | None = None, positions: str | None = None, dtype: str = "float32",
+               max_batch: int = 32) -> Engine:
+    """A checkpoint folder, scored by the eager scoring graph (group scoring reuses the prefix's KV cache)."""
+    from jrm_engine.export import DEFAULT_POSITIONS, GroupScorer
+    from jrm_engine.export.load import graph_from_model, load_reward_model
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_reward_model(path)
+    graph = graph_from_model(model, positions=positions or DEFAULT_POSITIONS, dtype=dtype, device=device)
+    group = GroupScorer(graph)
+    longest = model.config.model.max_length
+    buckets = tuple(b for b in (16, 32, 64, 128, 256, 512, 1024, 2048) if b < longest) + (longest,)
+
+    @torch.no_grad()
+    def run(*inputs):
+        return _as_numpy(graph(*(t.to(device) for t in inputs)))
+
+    @torch.no_grad()
+    def run_group(source, text_ids, text_lengths, edited):
+        return _as_numpy(group(source.to(device), text_ids.to(device), text_lengths.to(device), edited.to(device)))
+
+    return Engine(run=run, run_group=run_group, tokenizer=model.tokenizer, image_size=model.spec.image_size,
+                  buckets=buckets, max_batch=max_batch, info={"checkpoint": str(path)})
+
+
+def load_compiled(path, device: str | None = None) -> Engine:
+    """An AOTInductor package from `jrm-export --aoti` (the manifest beside it says cpu or cuda)."""
+    from jrm_engine.export.aoti import load_package
+
+    path = Path(path)
+    manifest = _manifest(path)
+    device = device or manifest["device"]
+    package = load_package(path, device)
+
+    def run(*inputs):
+        return _as_numpy(package(*(t.to(device) for t in inputs)))
+
+    return _exported_engine(path, manifest, run)
+
+
+def load_onnx(path, device: str | None = None) -> Engine:
+    from jrm_engine.export.onnx_export import onnx_session, run_onnx
+
+    path = Path(path)
+    manifest = _manifest(path)
+    session = onnx_session(path)
+    return _exported_engine(path, manifest, lambda *inputs: _as_numpy(run_onnx(session, inputs)))
+
+
+def load_tensorrt(path, device: str | None = None) -> Engine:
+    from jrm_engine.export.tensorrt_build import load_engine
+
+    path = Path(path)
+    engine = load_engine(path)  # checks the sidecar before deserialising
+    return _exported_engine(path, engine.meta, lambda *inputs: _as_numpy(engine(*inputs)))
+
+
+register_backend("torch", load_torch)
+register_backend("compiled", load_compiled)
+register_backend("onnx", load_onnx)
+register_backend("tensorrt", load_tensorrt)
+
+
+# ---- the scorer -----------------------------------------------------------------------------------------------
+class Scorer:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    @classmethod
+    def load(cls, path: str | Path, backend: str = "torch", **options) -> "Scorer":
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; available: {', '.join(sorted(BACKENDS))}")
+        return cls(BACKENDS[backend](path, **options))
+
+    @property
+    def image_size(self) -> int:
+        return self.engine.image_size
+
+    def _pixels(self, images: Sequence[ImageLike], what: str) -> torch.Tensor:
+        arrays = [load_image(im, self.image_size, name=f"{what}[{i}]") for i, im in enumerate(images)]
+        return torch.from_numpy(np.stack(arrays))  # [B, S, S, 3] uint8
+
+    def _text(self, instructions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = []
+        for i, text in enumerate(instructions):
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"instructions[{i}]: empty instruction")
+            row = self.engine.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(row) > self.engine.buckets[-1]:
+                raise ValueError(f"instructions[{i}]: {len(row)} tokens exceeds the largest text bucket "
+                                 f"({self.engine.buckets[-1]}); re-export with a larger --buckets or shorten it")
+            ids.append(row)
+        bucket = next(b for b in self.engine.buckets if b >= max(map(len, ids)))
+        text_ids = torch.zeros(len(ids), bucket, dtype=torch.long)  # contract: right-padded with 0
+        for i, row in enumerate(ids):
+            text_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        return text_ids, torch.tensor([len(r) for r in ids], dtype=torch.long)
+
+    def score(self, sources: Sequence[ImageLike], instructions: Sequence[str], edited: Sequence[ImageLike], *,
+              return_log_sigma: bool = False):
+        """Rewards [B] (with `return_log_sigma`, also log sigma [B] for uncertainty heads)."""
+        if not len(sources) == len(instructions) == len(edited):
+            raise ValueError(f"sources, instructions and edited must have the same length, got {len(sources)}, "
+                             f"{len(instructions)}, {len(edited)}")
+        rewards, sigmas = [], []
+        step = self.engine.max_batch
+        for start in range(0, len(sources), step):
+            end = start + step
+            text_ids, lengths = self._text(instructions[start:end])
+            r, s = self.engine.run(self._pixels(sources[start:end], "sources"),
+                                   self._pixels(edited[start:end], "edited"), text_ids, lengths)
+            rewards.append(r)
+            sigmas.append(s)
+        return self._result(rewards, sigmas, return_log_sigma)
+
+    def score_group(self, source: ImageLike, instruction: str, edited: Sequence[ImageLike], *,
+                    return_log_sigma: bool = False):
+        """Rewards [G] for G edits of one source and instruction; the source is encoded once where the backend
+        supports it (torch), else repeated per candidate."""
+        if not len(edited):
+            raise ValueError("edited: empty list of candidates")
+        source_pixels = self._pixels([source], "source")
+        text_ids, lengths = self._text([instruction])
+        rewards, sigmas = [], []
+        step = self.engine.max_batch
+        for start in range(0, len(edited), step):
+            pixels = self._pixels(edited[start:start + step], "edited")
+            g = pixels.shape[0]
+            if self.engine.run_group is not None:
+                r, s = self.engine.run_group(source_pixels, text_ids, lengths, pixels)
+            else:
+                r, s = self.engine.run(source_pixels.expand(g, -1, -1, -1).contiguous(), pixels,
+                                       text_ids.expand(g, -1).contiguous(), lengths.expand(g).contiguous())
+            rewards.append(r)
+            sigmas.append(s)
+        return self._result(rewards, sigmas, return_log_sigma)
+
+    @staticmethod
+    def _result(rewards, sigmas, return_log_sigma: bool):
+        r = np.concatenate(rewards).astype(np.float32)
+        if not return_log_sigma:
+            return r
+        if sigmas[0] is None:
+            raise ValueError("return_log_sigma: this model's reward head has one output (no sigma)")
+        return r, np.concatenate(sigmas).astype(np.float32)
