@@ -26,6 +26,8 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual HostSlot slot(int worker) = 0;
+  // Called first on each worker thread, for per-thread engine state.
+  virtual void start_worker(int /*worker*/) {}
   // Runs n requests of `bucket` packed in worker's slot; blocks until the outputs are in the slot. Thread-safe
   // across different workers.
   virtual void run(int worker, int bucket, int64_t n) = 0;

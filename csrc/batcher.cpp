@@ -21,6 +21,7 @@ void Batcher::join() {
 }
 
 void Batcher::work(int worker) {
+  backend_.start_worker(worker);
   while (auto batch = queue_.take()) run_batch(worker, *batch);
 }
 

@@ -63,7 +63,8 @@ PYBIND11_MODULE(_runtime, m) {
       .def_readwrite("max_batch", &jrm::RuntimeConfig::max_batch)
       .def_readwrite("max_delay_us", &jrm::RuntimeConfig::max_delay_us)
       .def_readwrite("max_queue", &jrm::RuntimeConfig::max_queue)
-      .def_readwrite("inflight", &jrm::RuntimeConfig::inflight);
+      .def_readwrite("inflight", &jrm::RuntimeConfig::inflight)
+      .def_readwrite("intra_op_threads", &jrm::RuntimeConfig::intra_op_threads);
 
   py::class_<jrm::Runtime>(m, "Runtime")
       .def(py::init([](const jrm::RuntimeConfig& config) {

@@ -29,6 +29,7 @@ struct RuntimeConfig {
   int64_t max_delay_us = 2000;  // ...or this long after its first request arrived
   int64_t max_queue = 1024;    // requests waiting for a batch; more are rejected
   int64_t inflight = 1;        // batches running at once (one worker thread, staging slot and stream each)
+  int64_t intra_op_threads = 0;  // CPU: OpenMP threads per worker's engine call; 0 = torch's setting
 };
 
 struct Request {

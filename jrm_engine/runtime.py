@@ -136,7 +136,7 @@ class RuntimeScorer:
 
     def __init__(self, manifest: Manifest, *, device: str | None = None, max_batch: int | None = None,
                  max_delay_ms: float = 2.0, max_queue: int = 1024, inflight: int | None = None,
-                 expect: dict[str, Any] | None = None, verify_sha256: bool = True):
+                 intra_op_threads: int = 0, expect: dict[str, Any] | None = None, verify_sha256: bool = True):
         device = device or manifest.device
         check_engine_matches(manifest, device, expect or {}, verify_sha256)
         max_batch = max_batch or manifest.max_batch
@@ -155,6 +155,9 @@ class RuntimeScorer:
         # Two batches in flight on a GPU overlap one batch's copies with the other's compute; on a CPU the
         # engine already uses every core for one batch.
         config.inflight = inflight or (2 if device.startswith("cuda") else 1)
+        # CPU only: OpenMP threads per worker (0 = torch's count). On a shared or busy host, inflight=cores with
+        # intra_op_threads=1 avoids waking an OpenMP team for every small batch.
+        config.intra_op_threads = intra_op_threads
         self.manifest = manifest
         self.max_batch, self.max_queue = max_batch, max_queue
         self.has_log_sigma = len(manifest.outputs) > 1
