@@ -194,7 +194,7 @@ def train(cfg: JRMConfig, resume: bool = False, quiet: bool = False) -> dict:
                 result, out_ = compute_loss(model, batch, cfg, impl)
             (result.loss / tc.grad_accum).backward()
             for key in ("loss", "rank_loss", "lm_loss"):
-                stats[key] += float(getattr(result, key)) / tc.grad_accum
+                stats[key] += float(getattr(result, key).detach()) / tc.grad_accum
             if len(batch.chosen):
                 stats["accuracy"] += float(pairwise_accuracy(out_.rewards.detach().float(), batch.chosen,
                                                              batch.rejected)) / tc.grad_accum

@@ -1,0 +1,98 @@
+"""End to end on the CPU: train a few steps, checkpoint, interrupt, resume, score."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import jrm_engine.train as train_mod
+from jrm_engine.checkpoint import latest_checkpoint
+from jrm_engine.train import build_parser, config_from_args, main, train
+
+pytestmark = pytest.mark.slow
+
+
+def smoke_config(out, *extra):
+    return config_from_args(build_parser().parse_args(["--preset", "smoke", "--out", str(out), "--quiet", *extra]))
+
+
+def weights(ckpt):
+    return load_file(ckpt / "backbone" / "model.safetensors") | load_file(ckpt / "reward_head.safetensors")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    final = train(smoke_config(out), quiet=True)
+    return out, final
+
+
+def test_run_writes_checkpoint_metrics_and_plot(finished_run):
+    out, final = finished_run
+    assert 0.0 <= final["accuracy"] <= 1.0 and final["effective_rank"] >= 1.0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4]
+    assert any(r["kind"] == "eval" for r in rows)
+    assert (out / "training_curves.png").stat().st_size > 0
+    ckpt = latest_checkpoint(out)
+    assert ckpt.name == "step-000004"
+    assert json.loads((ckpt / "jrm.json").read_text())["train"]["max_steps"] == 4  # resolved config saved
+    assert not list((out / "checkpoints").glob("*.pt*"))  # safetensors only, no pickle
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(finished_run, tmp_path, monkeypatch):
+    out, _ = finished_run
+    original = train_mod.save_checkpoint
+
+    def save_then_crash(out_dir, step, *args, **kwargs):
+        path = original(out_dir, step, *args, **kwargs)
+        if step == 2:
+            raise KeyboardInterrupt  # the process dies right after the step-2 checkpoint
+        return path
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(smoke_config(tmp_path), quiet=True)
+    monkeypatch.setattr(train_mod, "save_checkpoint", original)
+    assert latest_checkpoint(tmp_path).name == "step-000002"
+    # a half-written checkpoint (the temp folder of an interrupted save) is never picked up
+    (tmp_path / "checkpoints" / ".step-000003.tmp").mkdir()
+    train(smoke_config(tmp_path), resume=True, quiet=True)
+    resumed, straight = weights(latest_checkpoint(tmp_path)), weights(latest_checkpoint(out))
+    assert resumed.keys() == straight.keys()
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=name)
+
+
+def test_resume_refuses_a_different_config(finished_run):
+    out, _ = finished_run
+    with pytest.raises(ValueError, match="config differs"):
+        train(smoke_config(out, "--alpha", "0.1"), resume=True, quiet=True)
+
+
+def test_checkpoint_scores_through_the_scoring_api(finished_run):
+    scoring = pytest.importorskip("jrm_engine.scoring")
+    from jrm_engine.data.synthetic import SyntheticEditDataset
+    from jrm_engine.model import RewardModel
+
+    out, _ = finished_run
+    ckpt = latest_checkpoint(out)
+    pairs = [SyntheticEditDataset(4, seed=3, image_size=56, split="heldout")[i] for i in range(4)]
+    scorer = scoring.Scorer.load(ckpt, backend="torch")
+    got = scorer.score([p.source for p in pairs], [p.instruction for p in pairs], [p.a.image for p in pairs])
+    model = RewardModel.from_pretrained(ckpt).eval()
+    from jrm_engine.data.collate import PairCollator
+    with torch.no_grad():
+        ref = model(**PairCollator(model.layout, model.spec)(pairs).model_inputs()).rewards
+    a_index = [2 * i + (1 if p.preference == "b" else 0) for i, p in enumerate(pairs)]
+    torch.testing.assert_close(torch.as_tensor(got, dtype=torch.float32), ref[a_index], atol=1e-5, rtol=0)
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    assert main(["--preset", "smoke", "--out", str(tmp_path), "--alpha", "1.5", "--quiet"]) == 2
+    assert "--alpha must be in [0, 1]" in capsys.readouterr().err
+    assert main(["--preset", "smoke", "--out", str(tmp_path), "--backbone", str(tmp_path / "nope")]) == 2
+    assert "not a model folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
