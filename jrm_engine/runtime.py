@@ -226,6 +226,21 @@ class RuntimeScorer:
         n = len(edited_list)
         return self.score([source] * n, edited_list, [text_ids] * n, return_log_sigma=return_log_sigma)
 
+    def run_batch(self, source_pixels, edited_pixels, text_ids, text_lengths):
+        """The scoring-graph contract (padded batch arrays or CPU tensors) -> (rewards [B], log_sigma [B] or None).
+
+        Each row becomes its own request (padding stripped), so rows from concurrent callers share batches; this
+        is the `run` a `jrm_engine.scoring` backend can wrap."""
+        source, edited, ids, lengths = (np.asarray(t.cpu() if hasattr(t, "cpu") else t)
+                                        for t in (source_pixels, edited_pixels, text_ids, text_lengths))
+        if not len(source) == len(edited) == len(ids) == len(lengths):
+            raise ValueError(f"batch sizes differ: source_pixels {len(source)}, edited_pixels {len(edited)}, "
+                             f"text_ids {len(ids)}, text_lengths {len(lengths)}")
+        rows = [ids[i, : int(n)] for i, n in enumerate(lengths)]
+        if self.has_log_sigma:
+            return self.score(source, edited, rows, return_log_sigma=True)
+        return self.score(source, edited, rows), None
+
     def stats(self) -> dict[str, Any]:
         """Counters: requests, completed, failed, rejected, invalid, batches (and why each closed), mean batch
         size, queue size (now and the most seen), queue-wait and run-time percentiles in microseconds."""

@@ -250,3 +250,19 @@ def test_expected_provenance_is_checked(toy_engine):
     manifest, _ = toy_engine
     with pytest.raises(ValueError, match=r"field 'checkpoint_sha256' is None, expected 'abc'"):
         RuntimeScorer.load(manifest, expect={"checkpoint_sha256": "abc"})
+
+
+def test_run_batch_takes_the_padded_contract_arrays(toy_engine):
+    manifest, module = toy_engine
+    rng = np.random.default_rng(9)
+    requests = [make_request(rng, n) for n in (3, 8, 1, 5)]
+    ids = np.zeros((4, 8), np.int64)
+    for i, r in enumerate(requests):
+        ids[i, : len(r[2])] = r[2]
+    batch = (torch.from_numpy(np.stack([r[0] for r in requests])), torch.from_numpy(np.stack([r[1] for r in requests])),
+             torch.from_numpy(ids), torch.tensor([len(r[2]) for r in requests]))
+    with RuntimeScorer.load(manifest, max_delay_ms=1) as rt:
+        rewards, log_sigma = rt.run_batch(*batch)
+    assert log_sigma is None
+    with torch.no_grad():
+        assert_close(rewards, module(*batch).numpy(), "run_batch vs the module on the same batch")
