@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch  # before _runtime: loads the libtorch it links, even where its build-time RPATH is stale
 
 from . import _runtime
 
@@ -305,8 +306,6 @@ def check_engine_matches(manifest: Manifest, device: str, expect: dict[str, Any]
     if device.split(":")[0] != manifest.device:
         raise ValueError(f"{where}: field 'device' is {manifest.device!r} but the runtime was asked for {device!r}")
     if manifest.backend == "aoti":
-        import torch
-
         built = manifest.fields.get("torch_version")
         if built and built.split(".")[:2] != torch.__version__.split(".")[:2]:
             raise ValueError(f"{where}: field 'torch_version' is {built!r}, this process runs torch "
@@ -319,8 +318,6 @@ def check_engine_matches(manifest: Manifest, device: str, expect: dict[str, Any]
             raise ValueError(f"{where}: field 'tensorrt_version' is {manifest.fields.get('tensorrt_version')!r}, "
                              f"the linked TensorRT is {_runtime.tensorrt_version()}")
     if device.startswith("cuda"):
-        import torch
-
         index = int(device.split(":")[1]) if ":" in device else torch.cuda.current_device()
         here = "{}.{}".format(*torch.cuda.get_device_capability(index))
         for bucket in manifest.buckets:
