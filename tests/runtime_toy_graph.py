@@ -16,8 +16,9 @@ INPUTS = ["source_pixels", "edited_pixels", "text_ids", "text_lengths"]
 
 
 class ToyScoringGraph(torch.nn.Module):
-    def __init__(self, image_size: int, vocab_size: int, max_text_len: int, seed: int = 0):
+    def __init__(self, image_size: int, vocab_size: int, max_text_len: int, seed: int = 0, log_sigma: bool = False):
         super().__init__()
+        self.log_sigma = log_sigma  # a second output, like the uncertainty reward head
         g = torch.Generator().manual_seed(seed)
         pix = image_size * image_size * 3
         self.w_source = torch.nn.Parameter(torch.randn(pix, generator=g) / pix, requires_grad=False)
@@ -35,18 +36,21 @@ class ToyScoringGraph(torch.nn.Module):
         text_term = (tokens * valid).sum(1) / text_lengths.float()
         # Padding must be 0 (the contract): any other value changes the reward.
         padding_term = ((text_ids * ~valid).sum(1)).float() * 0.5
-        return image_term + 0.1 * text_term + padding_term + 0.01 * text_lengths.float()
+        rewards = image_term + 0.1 * text_term + padding_term + 0.01 * text_lengths.float()
+        if self.log_sigma:
+            return rewards, torch.tanh(text_term) - image_term
+        return rewards
 
 
 def build_toy_package(out_dir: Path, image_size: int = 28, vocab_size: int = 512, buckets=(8, 16, 32),
-                      max_batch: int = 16, device: str = "cpu") -> tuple[Path, ToyScoringGraph]:
+                      max_batch: int = 16, device: str = "cpu", log_sigma: bool = False) -> tuple[Path, ToyScoringGraph]:
     """Compile one package with a dynamic text length shared by every bucket; write its runtime manifest.
 
     One package serves all buckets because each bucket then costs no extra compile (tests compile once); the
     manifest format also allows one package per bucket, which the real graph may need.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    module = ToyScoringGraph(image_size, vocab_size, max(buckets)).eval().to(device)
+    module = ToyScoringGraph(image_size, vocab_size, max(buckets), log_sigma=log_sigma).eval().to(device)
     b, text_len = 2, buckets[0]  # example sizes > 1, or export specialises them
     g = torch.Generator().manual_seed(1)
     example = (
@@ -65,7 +69,7 @@ def build_toy_package(out_dir: Path, image_size: int = 28, vocab_size: int = 512
     manifest = {
         "format": "jrm-runtime-manifest", "version": 1, "backend": "aoti", "device": device,
         "image_size": image_size, "max_batch": max_batch, "vocab_size": vocab_size,
-        "inputs": INPUTS, "outputs": ["rewards"], "torch_version": torch.__version__,
+        "inputs": INPUTS, "outputs": ["rewards", "log_sigma"] if log_sigma else ["rewards"], "torch_version": torch.__version__,
         "buckets": [{"text_len": n, "package": Path(package).name} for n in buckets],
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))

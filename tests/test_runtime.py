@@ -87,6 +87,8 @@ def test_every_result_equals_scoring_that_request_alone(toy_engine, package_alon
     assert_close(got, want, "runtime vs eager")
     assert stats["completed"] == len(requests) and stats["max_batch_size_seen"] <= 8
     assert stats["mean_batch_size"] > 1, "requests from 4 threads were never batched together"
+    assert 0 < stats["queue_wait_us"]["p50"] <= stats["queue_wait_us"]["p99"] <= stats["queue_wait_us"]["max"]
+    assert 0 < stats["run_us"]["p50"] <= stats["run_us"]["p99"]
 
 
 def test_batch_closes_at_max_batch(toy_engine):
@@ -266,3 +268,22 @@ def test_run_batch_takes_the_padded_contract_arrays(toy_engine):
     assert log_sigma is None
     with torch.no_grad():
         assert_close(rewards, module(*batch).numpy(), "run_batch vs the module on the same batch")
+
+
+def test_two_output_head_returns_log_sigma(tmp_path_factory, toy_engine):
+    manifest, module = build_toy_package(tmp_path_factory.mktemp("toy_sigma"), IMAGE, VOCAB, BUCKETS, MAX_BATCH,
+                                         log_sigma=True)
+    rng = np.random.default_rng(10)
+    requests = [make_request(rng, int(n)) for n in rng.integers(1, 33, 10)]
+    with torch.no_grad():
+        want = [tuple(t.item() for t in module(*padded_inputs(r))) for r in requests]
+    with RuntimeScorer.load(manifest, max_delay_ms=2) as rt:
+        pair = rt.submit(*requests[0], return_log_sigma=True).result(timeout=10)
+        rewards, log_sigma = rt.score(*zip(*requests), return_log_sigma=True)
+        only_rewards = rt.score(*zip(*requests))
+    assert_close(pair, want[0], "one future's (reward, log_sigma)")
+    assert_close(rewards, [w[0] for w in want], "rewards")
+    assert_close(log_sigma, [w[1] for w in want], "log_sigma")
+    assert_close(only_rewards, rewards, "rewards without log_sigma")
+    with RuntimeScorer.load(toy_engine[0]) as rt, pytest.raises(ValueError, match="no log_sigma output"):
+        rt.submit(*requests[0], return_log_sigma=True)
