@@ -131,8 +131,8 @@ class RuntimeScorer:
 
     Futures resolve to a float reward (or `(reward, log_sigma)` with `return_log_sigma=True`). A request with
     bad input gets a failed future (ValueError naming the argument); a full queue raises `QueueFullError` at
-    submit (never a silent drop); an engine failure fails only that batch's futures (`BatchError`). Cancelling a
-    future does not stop its request: it is already queued in C++.
+    submit (never a silent drop); an engine failure fails only that batch's futures (`BatchError`). Futures are
+    running from the moment they are returned (the request is queued in C++), so `cancel()` returns False.
     """
 
     def __init__(self, manifest: Manifest, *, device: str | None = None, max_batch: int | None = None,
