@@ -22,9 +22,10 @@ def example_inputs(graph: ScoringGraph, batch: int, text_len: int, device="cpu",
 
 def dynamic_shapes(settings: ExportSettings) -> dict:
     batch = Dim("batch", min=1, max=settings.max_batch)
-    text = Dim("text_len", min=settings.buckets[0], max=settings.buckets[-1])
-    return {"source_pixels": {0: batch}, "edited_pixels": {0: batch}, "text_ids": {0: batch, 1: text},
-            "text_lengths": {0: batch}}
+    text_ids = {0: batch}
+    if len(settings.buckets) > 1:  # one bucket: a static text length
+        text_ids[1] = Dim("text_len", min=settings.buckets[0], max=settings.buckets[-1])
+    return {"source_pixels": {0: batch}, "edited_pixels": {0: batch}, "text_ids": text_ids, "text_lengths": {0: batch}}
 
 
 def export_graph(graph: ScoringGraph, settings: ExportSettings, device="cpu") -> torch.export.ExportedProgram:
