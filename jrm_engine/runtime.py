@@ -54,7 +54,38 @@ from typing import Any, Sequence
 import numpy as np
 import torch  # before _runtime: loads the libtorch it links, even where its build-time RPATH is stale
 
-from . import _runtime
+
+def _load_extension():
+    """The compiled `jrm_engine._runtime`; from a source checkout, the copy `pip install .` put in site-packages."""
+    try:
+        from . import _runtime as ext
+
+        return ext
+    except ImportError:
+        pass
+    import importlib.machinery
+    import importlib.metadata
+    import importlib.util
+    import sys
+
+    try:
+        folder = Path(importlib.metadata.distribution("jrm-engine").locate_file("jrm_engine"))
+    except importlib.metadata.PackageNotFoundError:
+        folder = None
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = folder / f"_runtime{suffix}" if folder else None
+        if path and path.is_file():
+            spec = importlib.util.spec_from_file_location(f"{__package__}._runtime", path)
+            ext = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(ext)
+            sys.modules[spec.name] = ext
+            return ext
+    raise ImportError("jrm_engine._runtime (the C++ runtime) is not built: run "
+                      "`pip install --no-build-isolation --no-deps .` in the checkout (it compiles against the "
+                      "installed torch)")
+
+
+_runtime = _load_extension()
 
 MANIFEST_FORMAT = "jrm-runtime-manifest"
 CONTRACT_INPUTS = ["source_pixels", "edited_pixels", "text_ids", "text_lengths"]
