@@ -7,7 +7,8 @@
   together with the pairs.
 
 Two implementations share one signature: `impl="torch"` (the plain reference and CPU path, also the test oracle)
-and `impl="triton"` (fused kernels from `jrm_engine.kernels`: the `[rows, V]` logits are never materialised).
+and `impl="triton"` (fused kernels from `jrm_engine.kernels`: the `[rows, V]` logits are never materialised; with
+`num_labelled` known on the host, the GEMMs run on cuBLAS in vocab chunks).
 """
 from __future__ import annotations
 
@@ -142,7 +143,8 @@ def _resolve_impl(impl: str, hidden: torch.Tensor) -> str:
 
 
 def joint_loss(hidden, lm_weight, lm_labels, rewards, chosen, rejected, *, alpha: float = 0.7, rank_loss: str = "bt",
-               margin: float = 0.0, impl: str = "torch", tie_a=None, tie_b=None) -> JointLossOutput:
+               margin: float = 0.0, impl: str = "torch", tie_a=None, tie_b=None,
+               num_labelled: int | None = None) -> JointLossOutput:
     """The JRM joint loss.
 
     hidden [T, H] (all tokens of the batch, flattened), lm_weight [V, H] (may be the tied embedding matrix),
@@ -150,6 +152,9 @@ def joint_loss(hidden, lm_weight, lm_labels, rewards, chosen, rejected, *, alpha
     ([:, 0] = mu, [:, 1] = log sigma; "bt" uses mu), chosen / rejected [P] and tie_a / tie_b [P_tie] (optional)
     index rewards. Returns scalars (loss, rank_loss, lm_loss). `lm_loss` is 0 with zero gradient when no row is
     labelled; `rank_loss` is 0 when P + P_tie == 0. Label values are not range-checked (that would synchronise).
+    `num_labelled` (optional, impl="triton"): the number of labels != -100 when the caller knows it on the host
+    (e.g. counted while collating on the CPU); it enables the cuBLAS path and is checked on the device (a wrong
+    value raises, asynchronously on CUDA). impl="torch" does not need it.
     """
     _validate(hidden, lm_weight, lm_labels, rewards, chosen, rejected, rank_loss, tie_a, tie_b, alpha)
     if tie_a is not None and tie_a.numel() == 0:
@@ -160,7 +165,8 @@ def joint_loss(hidden, lm_weight, lm_labels, rewards, chosen, rejected, *, alpha
         l_lm = lm_loss_torch(hidden, lm_weight, lm_labels)
     else:
         l_rank, l_lm = _joint_loss_triton(hidden, lm_weight, lm_labels, rewards, chosen, rejected,
-                                          rank_loss=rank_loss, margin=margin, tie_a=tie_a, tie_b=tie_b)
+                                          rank_loss=rank_loss, margin=margin, tie_a=tie_a, tie_b=tie_b,
+                                          num_labelled=num_labelled)
     l_rank = l_rank.float() if l_rank.dtype in (torch.float16, torch.bfloat16) else l_rank
     l_lm = l_lm.to(l_rank.dtype)
     return JointLossOutput((1.0 - alpha) * l_rank + alpha * l_lm, l_rank, l_lm)
@@ -169,23 +175,35 @@ def joint_loss(hidden, lm_weight, lm_labels, rewards, chosen, rejected, *, alpha
 class JointLossFunction(torch.autograd.Function):
     """Fused (rank_loss, lm_loss) on the Triton kernels; gradients for hidden, lm_weight and rewards.
 
-    LM half: labelled rows are selected on the device (`select_labelled_rows`), the forward stores only per-row
-    LSE (fp32), the backward recomputes logits tile by tile (`lm_backward`). The normaliser n_labelled stays a
-    device tensor and is folded into the gradient scale: nothing here synchronises with the host. Rank half: one
-    small kernel computes the pair losses and their (unscaled) reward gradients in the forward.
+    LM half, two paths, both exact (fp32 logits, softmax, LSE; dW rounded once) and free of host synchronisation:
+    - `num_labelled` given (the fast path, `kernels/lm_cublas.py`): the labelled rows are gathered into a contiguous
+      [R, H] block and the GEMMs run on cuBLAS in vocab chunks, with one fused Triton pass per chunk; the hint is
+      asserted equal to the device count asynchronously.
+    - `num_labelled=None`: labelled rows are sorted first on the device and Triton GEMM kernels launched for all T
+      rows exit past the device count (`lm_lse_forward` / `lm_backward`).
+    Either way the forward keeps only per-row LSE (fp32) and the backward recomputes the logits chunk by chunk, with
+    grad_output / n_labelled folded into the logit gradient. Rank half: one small kernel computes the pair losses
+    and their (unscaled) reward gradients in the forward.
     """
 
     @staticmethod
     def forward(ctx, hidden, lm_weight, lm_labels, rewards, chosen, rejected, tie_a, tie_b, rank_loss, margin,
-                slab_bytes):
-        from jrm_engine.kernels import lm_lse_forward, rank_loss_forward, select_labelled_rows
+                num_labelled):
+        from jrm_engine.kernels import (gather_labelled, lm_lse_cublas, lm_lse_forward, rank_loss_forward,
+                                        select_labelled_rows)
 
-        T = hidden.shape[0]
-        rows, count, labels_sel = select_labelled_rows(lm_labels)
-        lse, target_logit = lm_lse_forward(hidden, lm_weight, rows, count, labels_sel)
-        valid = torch.arange(T, device=hidden.device) < count
-        n_labelled = count.clamp(min=1).float()
-        lm = torch.where(valid, lse - target_logit, 0.0).sum() / n_labelled.squeeze(0)
+        if num_labelled is None:
+            T = hidden.shape[0]
+            rows, count, labels_sel = select_labelled_rows(lm_labels)
+            lse, target_logit = lm_lse_forward(hidden, lm_weight, rows, count, labels_sel)
+            valid = torch.arange(T, device=hidden.device) < count
+            n_labelled = count.clamp(min=1).float()
+            lm = torch.where(valid, lse - target_logit, 0.0).sum() / n_labelled.squeeze(0)
+        else:
+            rows, x_sel, labels_sel = gather_labelled(hidden, lm_labels, num_labelled)
+            lse, target_logit = lm_lse_cublas(x_sel, lm_weight, labels_sel)
+            count = torch.full((1,), num_labelled, device=hidden.device, dtype=torch.int32)
+            lm = (lse - target_logit).sum() / max(num_labelled, 1)
 
         loss_sum = torch.zeros(1, device=rewards.device, dtype=torch.float32)
         rank_grad = torch.zeros((rewards.shape[0], 2), device=rewards.device, dtype=torch.float32)
@@ -198,21 +216,29 @@ class JointLossFunction(torch.autograd.Function):
         rank = loss_sum.squeeze(0) / n_pairs
 
         ctx.save_for_backward(hidden, lm_weight, rows, count, labels_sel, lse, rank_grad)
-        ctx.n_pairs, ctx.slab_bytes, ctx.rewards_shape, ctx.rewards_dtype = (n_pairs, slab_bytes, rewards.shape,
-                                                                            rewards.dtype)
+        ctx.n_pairs, ctx.num_labelled, ctx.rewards_shape, ctx.rewards_dtype = (n_pairs, num_labelled, rewards.shape,
+                                                                              rewards.dtype)
         return rank, lm
 
     @staticmethod
     def backward(ctx, g_rank, g_lm):
-        from jrm_engine.kernels import lm_backward
+        from jrm_engine.kernels import lm_backward, lm_grad_cublas
+        from jrm_engine.kernels.lm_backward import SLAB_BYTES  # read per call: tests and benchmarks change it
 
         hidden, lm_weight, rows, count, labels_sel, lse, rank_grad = ctx.saved_tensors
+        need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         d_hidden = d_weight = d_rewards = None
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+        if need_dx or need_dw:
             scale = (g_lm.float() / count.clamp(min=1).float()).reshape(1)  # device tensor: no host sync
-            d_hidden, d_weight = lm_backward(hidden, lm_weight, rows, count, labels_sel, lse, scale,
-                                             need_dx=ctx.needs_input_grad[0], need_dw=ctx.needs_input_grad[1],
-                                             slab_bytes=ctx.slab_bytes)
+            if ctx.num_labelled is None:
+                d_hidden, d_weight = lm_backward(hidden, lm_weight, rows, count, labels_sel, lse, scale,
+                                                 need_dx=need_dx, need_dw=need_dw, slab_bytes=SLAB_BYTES)
+            else:
+                x_sel = hidden.index_select(0, rows)  # gathered again rather than kept alive since the forward
+                dx_sel, d_weight = lm_grad_cublas(x_sel, lm_weight, labels_sel, lse, scale, need_dx=need_dx,
+                                                  need_dw=need_dw)
+                if need_dx:
+                    d_hidden = torch.zeros_like(hidden).index_copy_(0, rows, dx_sel)
         if ctx.needs_input_grad[3]:
             grad = rank_grad * (g_rank.float() / ctx.n_pairs)
             grad = grad[:, 0] if len(ctx.rewards_shape) == 1 else grad[:, : ctx.rewards_shape[1]]
@@ -220,19 +246,20 @@ class JointLossFunction(torch.autograd.Function):
         return d_hidden, d_weight, None, d_rewards, None, None, None, None, None, None, None
 
 
-def _joint_loss_triton(hidden, lm_weight, lm_labels, rewards, chosen, rejected, *, rank_loss, margin, tie_a, tie_b):
+def _joint_loss_triton(hidden, lm_weight, lm_labels, rewards, chosen, rejected, *, rank_loss, margin, tie_a, tie_b,
+                       num_labelled):
     if not hidden.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError("impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tests); use impl='torch'")
     if hidden.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"impl='triton' supports fp32/bf16/fp16 hidden, got {hidden.dtype}; use impl='torch'")
     if hidden.dtype != lm_weight.dtype:
         raise ValueError(f"impl='triton' needs hidden and lm_weight in one dtype, got {hidden.dtype} and {lm_weight.dtype}")
-    from jrm_engine.kernels.lm_backward import SLAB_BYTES
-
+    if num_labelled is not None and not 0 <= num_labelled <= hidden.shape[0]:
+        raise ValueError(f"num_labelled must be in [0, T={hidden.shape[0]}], got {num_labelled}")
     if rewards.dim() == 2 and rewards.stride(1) != 1:
         rewards = rewards.contiguous()
     return JointLossFunction.apply(hidden, lm_weight, lm_labels, rewards, chosen, rejected, tie_a, tie_b, rank_loss,
-                                   margin, SLAB_BYTES)
+                                   margin, num_labelled)
 
 
 class JointLoss(nn.Module):
@@ -242,9 +269,11 @@ class JointLoss(nn.Module):
         super().__init__()
         self.alpha, self.rank_loss, self.margin, self.impl = alpha, rank_loss, margin, impl
 
-    def forward(self, hidden, lm_weight, lm_labels, rewards, chosen, rejected, tie_a=None, tie_b=None) -> JointLossOutput:
+    def forward(self, hidden, lm_weight, lm_labels, rewards, chosen, rejected, tie_a=None, tie_b=None,
+                num_labelled=None) -> JointLossOutput:
         return joint_loss(hidden, lm_weight, lm_labels, rewards, chosen, rejected, alpha=self.alpha,
-                          rank_loss=self.rank_loss, margin=self.margin, impl=self.impl, tie_a=tie_a, tie_b=tie_b)
+                          rank_loss=self.rank_loss, margin=self.margin, impl=self.impl, tie_a=tie_a, tie_b=tie_b,
+                          num_labelled=num_labelled)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, rank_loss={self.rank_loss!r}, margin={self.margin}, impl={self.impl!r}"

@@ -34,6 +34,7 @@ def _import_kernels():
 
 _import_kernels()
 lm_backward_module = importlib.import_module("jrm_engine.kernels.lm_backward")  # the package exports the function
+lm_cublas_module = importlib.import_module("jrm_engine.kernels.lm_cublas")
 from jrm_engine.kernels import lm_lse_forward, rank_loss_forward, select_labelled_rows  # noqa: E402
 from jrm_engine.losses import joint_loss  # noqa: E402
 from test_losses import truth_lm, truth_rank  # noqa: E402
@@ -83,9 +84,15 @@ def rel_err(x, ref):
     return ((x.double() - ref).norm() / ref.norm().clamp(min=1e-30)).item() if ref.abs().max() > 0 else x.abs().max().item()
 
 
-def assert_no_worse_than_torch(inputs, **kw):
+def labelled_count(inputs):
+    return int((inputs[2] != -100).sum())
+
+
+def assert_no_worse_than_torch(inputs, hint=False, **kw):
+    """hint=True: pass the labelled count (the cuBLAS path); otherwise the sync-free Triton GEMM path."""
     dtype = inputs[0].dtype
-    ours, ref_torch, exact = run("triton", inputs, **kw), run("torch", inputs, **kw), truth(inputs, **kw)
+    ours = run("triton", inputs, num_labelled=labelled_count(inputs) if hint else None, **kw)
+    ref_torch, exact = run("torch", inputs, **kw), truth(inputs, **kw)
     names = ["loss", "rank_loss", "lm_loss", "d_hidden", "d_lm_weight", "d_rewards"]
     for name, a, b, t in zip(names, ours, ref_torch, exact):
         assert torch.isfinite(a).all(), name
@@ -100,6 +107,12 @@ def assert_no_worse_than_torch(inputs, **kw):
 def small_slab(monkeypatch):
     """Force several vocab chunks (Vc = 256 < V) so the fp32 dX accumulation across chunks is exercised."""
     monkeypatch.setattr(lm_backward_module, "SLAB_BYTES", 1)
+
+
+@pytest.fixture
+def small_chunk(monkeypatch):
+    """Force several vocab chunks (Vc = 256 < V) on the cuBLAS path: running LSE and fp32 dX across chunks."""
+    monkeypatch.setattr(lm_cublas_module, "CHUNK_BYTES", 1)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -132,7 +145,8 @@ def test_one_and_many_pairs(P):
     assert_no_worse_than_torch(make(T=20, V=64, P=P), alpha=0.0, rank_loss="bt_uncertainty", margin=0.1)
 
 
-def test_tied_weights_accumulate_with_the_embedding():
+@pytest.mark.parametrize("hint", [False, True])
+def test_tied_weights_accumulate_with_the_embedding(hint):
     """lm_weight is the embedding matrix that also produced hidden: both paths of the gradient must add up."""
     ids = torch.randint(0, 300, (70,))
     labels = torch.randint(0, 300, (70,))
@@ -143,7 +157,8 @@ def test_tied_weights_accumulate_with_the_embedding():
     for impl in ("torch", "triton"):
         emb = base.clone().requires_grad_()
         hidden = torch.tanh(emb[ids] * 3)
-        joint_loss(hidden, emb, labels, rewards, chosen, rejected, impl=impl).loss.backward()
+        n = int((labels != -100).sum()) if hint else None
+        joint_loss(hidden, emb, labels, rewards, chosen, rejected, impl=impl, num_labelled=n).loss.backward()
         grads[impl] = emb.grad
     assert torch.allclose(grads["triton"], grads["torch"], rtol=1e-5, atol=1e-7)
 
@@ -169,3 +184,72 @@ def test_rank_kernel_stable_for_confident_wrong_pairs():
     loss_sum, grad = torch.zeros(1), torch.zeros(2, 2)
     rank_loss_forward(rewards, torch.tensor([0]), torch.tensor([1]), "bt_uncertainty", 0.0, loss_sum, grad)
     assert torch.isfinite(loss_sum).all() and loss_sum.item() > 70 and torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cublas_path_matches_truth_across_chunks(dtype, small_chunk):
+    tie_a, tie_b = torch.tensor([0, 4]), torch.tensor([3, 8])
+    assert_no_worse_than_torch(make(dtype=dtype), hint=True, rank_loss="bt_uncertainty", margin=0.4,
+                               tie_a=tie_a, tie_b=tie_b)
+
+
+def test_cublas_path_single_chunk_and_all_ignored():
+    assert_no_worse_than_torch(make(H=48, two=False), hint=True, rank_loss="bt", margin=0.2)
+    ours = assert_no_worse_than_torch(make(ignore_every=1), hint=True)
+    assert ours[2].item() == 0.0 and not ours[3].any() and not ours[4].any()
+
+
+def test_cublas_path_no_rows():
+    empty = torch.empty(0, dtype=torch.long)
+    hidden, weight, labels, rewards, _, _ = make(T=0)
+    ours = run("triton", (hidden, weight, labels, rewards, empty, empty), num_labelled=0)
+    assert all(torch.isfinite(t).all() for t in ours) and ours[0].item() == 0.0
+
+
+@pytest.mark.parametrize("hint", [False, True])
+def test_grad_output_scales_the_lm_gradient(hint, small_chunk, small_slab):
+    """A weighted sum of the outputs (grad_output != 1 for both halves) against torch in fp32."""
+    hidden, weight, labels, rewards, chosen, rejected = make()
+    grads = {}
+    for impl in ("torch", "triton"):
+        h, w, r = (t.clone().requires_grad_() for t in (hidden, weight, rewards))
+        out = joint_loss(h, w, labels, r, chosen, rejected, impl=impl,
+                         num_labelled=labelled_count((hidden, weight, labels)) if hint else None)
+        (2.5 * out.lm_loss - 0.75 * out.rank_loss + out.loss).backward()
+        grads[impl] = (h.grad, w.grad, r.grad)
+    for a, b in zip(grads["triton"], grads["torch"]):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_cublas_path_frozen_head_and_no_grad():
+    """Only dX when lm_weight is frozen; under no_grad the forward alone gives the same values."""
+    inputs = make()
+    hidden, weight, labels, rewards, chosen, rejected = inputs
+    n = labelled_count(inputs)
+    h = hidden.clone().requires_grad_()
+    out = joint_loss(h, weight, labels, rewards, chosen, rejected, impl="triton", num_labelled=n)
+    out.loss.backward()
+    ref_h = hidden.clone().requires_grad_()
+    joint_loss(ref_h, weight, labels, rewards, chosen, rejected, impl="torch").loss.backward()
+    assert torch.allclose(h.grad, ref_h.grad, rtol=1e-5, atol=1e-7)
+    with torch.no_grad():
+        fwd = joint_loss(hidden, weight, labels, rewards, chosen, rejected, impl="triton", num_labelled=n)
+    assert torch.allclose(fwd.loss, out.loss.detach(), rtol=1e-6) and not fwd.loss.requires_grad
+
+
+@pytest.mark.parametrize("delta", [-1, 1])
+def test_wrong_num_labelled_raises(delta):
+    inputs = make()
+    hidden, weight, labels, rewards, chosen, rejected = inputs
+    with pytest.raises(RuntimeError, match="num_labelled"):
+        joint_loss(hidden, weight, labels, rewards, chosen, rejected, impl="triton",
+                   num_labelled=labelled_count(inputs) + delta)
+    with pytest.raises(ValueError, match="num_labelled"):
+        joint_loss(hidden, weight, labels, rewards, chosen, rejected, impl="triton", num_labelled=len(labels) + 1)
+
+
+def test_vocab_chunk_columns_fit_the_budget():
+    vc = lm_cublas_module.vocab_chunk_cols(7021, 152064, 2, 192 << 20)
+    assert vc % 256 == 0 and 7021 * vc * 6 <= 192 << 20
+    assert lm_cublas_module.vocab_chunk_cols(10, 300, 2, 192 << 20) == 300
+    assert lm_cublas_module.vocab_chunk_cols(10**6, 300, 4, 1) == 256

@@ -1,13 +1,16 @@
 """Joint loss on one GPU, side by side with the peers: correctness, then fwd+bwd time and peak memory.
 
-    PYTHONUNBUFFERED=1 python benchmarks/gpu/joint_loss.py            # H100: anchor shapes, ~3-4 minutes
+    PYTHONUNBUFFERED=1 python benchmarks/gpu/joint_loss.py            # H100: anchor shapes, ~1.5 minutes
     python benchmarks/gpu/joint_loss.py --tiny                        # CPU smoke test (TRITON_INTERPRET=1)
 
 (a) rel. error of dX and dW vs an fp32 naive reference, for naive bf16, ours, Liger FLCE, CCE (when importable);
 (b) median fwd+bwd ms (triton.testing.do_bench) and peak MiB above the inputs (gradients included) at the anchor
-    shapes of docs/anchors.md, plus ours with the ranking half on and off;
+    shapes of docs/anchors.md: "ours" = the cuBLAS path (labelled count passed as the trainer does), "ours_v1" =
+    the sync-free Triton-GEMM path (no count), ours with the ranking half on, ours with a bigger vocab chunk, and
+    two profile rows: "ours_fwd_only" (no grad: one GEMM pass + LSE) and "gemm_pass" (the chunked cuBLAS GEMMs of
+    one pass alone; its TFLOP/s is the cuBLAS rate every GEMM pass of ours runs at);
 (c) $OUT/<gpu-slug>-joint-loss.json (or benchmarks/results/ when OUT is unset), and a compact table printed last.
-TFLOP/s counts the useful work, 6 * labelled rows * H * V, for every implementation.
+TFLOP/s counts the useful work, 6 * labelled rows * H * V (2 * ... for the one-pass profile rows).
 """
 import argparse
 import importlib
@@ -78,23 +81,26 @@ def make_inputs(H, V, n_lab, T, seed=0):
 
 
 def impls():
-    """name -> fn(h, w, y) returning loss (token mean CE); peers only when importable (and on CUDA)."""
+    """name -> fn(h, w, y, n) returning loss (token mean CE), n = labelled count known on the host (only ours uses
+    it, as the trainer would pass it); peers only when importable (and on CUDA)."""
     empty = torch.empty(0, dtype=torch.long, device=DEV)
     no_rewards = torch.zeros(N_SEQ, 2, device=DEV)
     out = {
-        "torch_naive": lambda h, w, y: F.cross_entropy((h @ w.t()).float(), y, ignore_index=-100),
-        "ours": lambda h, w, y: joint_loss(h, w, y, no_rewards, empty, empty, alpha=1.0, impl="triton").loss,
+        "torch_naive": lambda h, w, y, n: F.cross_entropy((h @ w.t()).float(), y, ignore_index=-100),
+        "ours": lambda h, w, y, n: joint_loss(h, w, y, no_rewards, empty, empty, alpha=1.0, impl="triton",
+                                              num_labelled=n).loss,
+        "ours_v1": lambda h, w, y, n: joint_loss(h, w, y, no_rewards, empty, empty, alpha=1.0, impl="triton").loss,
     }
     if DEV == "cuda":
         try:
             from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
             liger = LigerFusedLinearCrossEntropyLoss(ignore_index=-100)
-            out["liger_flce"] = lambda h, w, y: liger(w, h, y)
+            out["liger_flce"] = lambda h, w, y, n: liger(w, h, y)
         except Exception as e:  # noqa: BLE001 - an optional peer: report why it is missing and go on
             print(f"liger unavailable: {e!r}"[:200])
         try:
             from cut_cross_entropy import linear_cross_entropy
-            out["cce"] = lambda h, w, y: linear_cross_entropy(h, w, y, ignore_index=-100)
+            out["cce"] = lambda h, w, y, n: linear_cross_entropy(h, w, y, ignore_index=-100)
         except Exception as e:  # noqa: BLE001
             print(f"cce unavailable: {e!r}"[:200])
     return out
@@ -109,33 +115,46 @@ def rank_inputs():
     return rewards, chosen, rejected, tie_a, tie_a + 8
 
 
-def fwd_bwd(fn, h0, w0, y):
+def fwd_bwd(fn, h0, w0, y, n):
     h = h0.detach().requires_grad_()
     w = w0.detach().requires_grad_()
-    loss = fn(h, w, y)
+    loss = fn(h, w, y, n)
     loss.backward()
     return loss, h.grad, w.grad
 
 
-def joint_fwd_bwd(h0, w0, y, rank_on):
+def joint_fwd_bwd(h0, w0, y, n):
+    """The whole joint loss as the trainer calls it: LM half plus uncertainty-aware BT with margin and ties."""
     rewards, chosen, rejected, tie_a, tie_b = rank_inputs()
-    if not rank_on:
-        chosen = rejected = tie_a = tie_b = chosen[:0]
     h, w, r = h0.detach().requires_grad_(), w0.detach().requires_grad_(), rewards.requires_grad_()
     out = joint_loss(h, w, y, r, chosen, rejected, alpha=0.7, rank_loss="bt_uncertainty", margin=0.1,
-                     impl="triton", tie_a=tie_a, tie_b=tie_b)
+                     impl="triton", tie_a=tie_a, tie_b=tie_b, num_labelled=n)
     out.loss.backward()
     return out.loss
 
 
-def with_slab(nbytes, fn):
-    """Run fn with a bigger logit-gradient slab: fewer vocab chunks (less dX accumulator traffic), more memory."""
-    module = importlib.import_module("jrm_engine.kernels.lm_backward")
-    saved, module.SLAB_BYTES = module.SLAB_BYTES, nbytes
+def forward_only(h, w, y, n):
+    with torch.no_grad():
+        return joint_loss(h, w, y, torch.zeros(N_SEQ, 2, device=DEV), y[:0], y[:0], alpha=1.0, impl="triton",
+                          num_labelled=n).loss
+
+
+def gemm_pass(h, w, y, n):
+    """The chunked logits GEMMs of one pass, nothing else: the cuBLAS rate ours' four GEMM passes run at."""
+    cublas = importlib.import_module("jrm_engine.kernels.lm_cublas")
+    x = h[(y != -100).nonzero()[:, 0]]
+    vc = cublas.vocab_chunk_cols(n, w.shape[0], h.element_size(), cublas.CHUNK_BYTES)
+    return lambda: [cublas._mm_fp32(x, w[v0:v0 + vc].t()) for v0 in range(0, w.shape[0], vc)][-1]
+
+
+def with_chunk(nbytes, fn):
+    """Run fn with a bigger vocab chunk on the cuBLAS path: fewer dX accumulator passes, more memory."""
+    module = importlib.import_module("jrm_engine.kernels.lm_cublas")
+    saved, module.CHUNK_BYTES = module.CHUNK_BYTES, nbytes
     try:
         return fn()
     finally:
-        module.SLAB_BYTES = saved
+        module.CHUNK_BYTES = saved
 
 
 def reference(h0, w0, y):
@@ -196,13 +215,14 @@ def emit(**row):
 def check(shape, fns):
     name, H, V, n_lab, T = shape
     h, w, y = make_inputs(H, V, n_lab, T)
+    n = int((y != -100).sum())
     ref_loss, ref_dx, ref_dw = reference(h, w, y)
     free()
     for impl, fn in fns.items():
         if impl == "torch_naive" and "jrm" in name and not TINY:
             continue  # the HF-style naive path needs 36-71 GB here: timed below, not checked
         try:
-            loss, dx, dw = fwd_bwd(fn, h, w, y)
+            loss, dx, dw = fwd_bwd(fn, h, w, y, n)
             emit(part="check", shape=name, impl=impl, loss_abs_err=abs(loss.item() - ref_loss),
                  rel_err_dx=rel(dx, ref_dx), rel_err_dw=rel(dw, ref_dw))
             del loss, dx, dw
@@ -216,16 +236,18 @@ def bench(shape, fns):
     h, w, y = make_inputs(H, V, n_lab, T)
     labelled = int((y != -100).sum())
     flops = 6 * labelled * H * V
-    runs = {impl: (lambda fn=fn: fwd_bwd(fn, h, w, y)) for impl, fn in fns.items()}
-    runs["ours_joint_rank_on"] = lambda: joint_fwd_bwd(h, w, y, True)
-    runs["ours_joint_rank_off"] = lambda: joint_fwd_bwd(h, w, y, False)
-    runs["ours_slab512MiB"] = lambda: with_slab(512 << 20, lambda: fwd_bwd(fns["ours"], h, w, y))
+    runs = {impl: (lambda fn=fn: fwd_bwd(fn, h, w, y, labelled)) for impl, fn in fns.items()}
+    runs["ours_joint_rank_on"] = lambda: joint_fwd_bwd(h, w, y, labelled)
+    runs["ours_chunk512MiB"] = lambda: with_chunk(512 << 20, lambda: fwd_bwd(fns["ours"], h, w, y, labelled))
+    runs["ours_fwd_only"] = lambda: forward_only(h, w, y, labelled)
+    runs["gemm_pass"] = gemm_pass(h, w, y, labelled)
     for impl, run in runs.items():
         try:
             mib = peak_mib(run)
             ms = timed(run)
+            work = flops // 3 if impl in ("ours_fwd_only", "gemm_pass") else flops
             emit(part="bench", shape=name, impl=impl, H=H, V=V, rows=T, labelled=labelled, ms=round(ms, 3),
-                 peak_mib=mib, tflops=round(flops / ms / 1e9, 1))
+                 peak_mib=mib, tflops=round(work / ms / 1e9, 1))
         except Exception as e:  # noqa: BLE001 - e.g. naive torch out of memory at 3B-jrm
             emit(part="bench", shape=name, impl=impl, error=repr(e)[:300])
         free()
