@@ -105,7 +105,8 @@ def compute_loss(model: RewardModel, batch: Batch, cfg: JRMConfig, impl: str):
     out = model(**batch.model_inputs())
     result = joint_loss(out.hidden.flatten(0, 1), model.lm_weight, batch.lm_labels.flatten(), out.rewards,
                         batch.chosen, batch.rejected, alpha=cfg.loss.alpha, rank_loss=cfg.loss.rank_loss,
-                        margin=cfg.loss.margin, impl=impl, tie_a=batch.tie_a, tie_b=batch.tie_b)
+                        margin=cfg.loss.margin, impl=impl, tie_a=batch.tie_a, tie_b=batch.tie_b,
+                        num_labelled=batch.num_labelled)
     return result, out
 
 

@@ -23,9 +23,10 @@ class Batch:
     rejected: torch.Tensor  # [P]
     tie_a: torch.Tensor  # [P_tie]
     tie_b: torch.Tensor  # [P_tie]
+    num_labelled: int  # rows with an LM label, counted on the host so the fused loss needs no device sync
 
     def to(self, device) -> "Batch":
-        return Batch(**{k: v.to(device) for k, v in self.__dict__.items()})
+        return Batch(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in self.__dict__.items()})
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         return dict(input_ids=self.input_ids, attention_mask=self.attention_mask, pixel_values=self.pixel_values,
@@ -64,4 +65,5 @@ class PairCollator:
         as_idx = lambda xs: torch.tensor(xs, dtype=torch.long)
         return Batch(input_ids, attention_mask, patches, grid,
                      as_idx([e.reward_pos for e in encoded]), lm_labels,
-                     as_idx(chosen), as_idx(rejected), as_idx(tie_a), as_idx(tie_b))
+                     as_idx(chosen), as_idx(rejected), as_idx(tie_a), as_idx(tie_b),
+                     int((lm_labels != IGNORE_INDEX).sum()))
