@@ -30,10 +30,10 @@ from transformers.vision_utils import get_vision_position_ids, get_vision_window
 from jrm_engine.vision import VisionSpec, pixels_to_patches
 
 SUPPORTED_MODEL_TYPES = ("qwen2_5_vl",)
-# RewardModel.forward passes no mm_token_type_ids, so Hugging Face falls back to 1-D positions (0, 1, 2, ...) on
-# all three M-RoPE axes; "mrope" is Qwen's 3-D image positions (get_rope_index), for checkpoints trained with them.
+# "mrope": Qwen's 3-D image positions (get_rope_index), what RewardModel trains with; "sequential": 1-D positions
+# on all three M-RoPE axes, what Hugging Face computes when no mm_token_type_ids are given.
 POSITION_MODES = ("sequential", "mrope")
-DEFAULT_POSITIONS = "sequential"
+DEFAULT_POSITIONS = "mrope"
 INPUT_NAMES = ("source_pixels", "edited_pixels", "text_ids", "text_lengths")
 
 

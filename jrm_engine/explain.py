@@ -29,7 +29,8 @@ def explain(model: RewardModel, source, instruction: str, edited, max_new_tokens
     mask = torch.ones_like(ids)
     reward = model(ids, mask, patches, grid, torch.tensor([enc.reward_pos], device=device)).rewards
     generated = model.backbone.generate(input_ids=ids, attention_mask=mask, pixel_values=patches,
-                                        image_grid_thw=grid, max_new_tokens=max_new_tokens, do_sample=False,
+                                        image_grid_thw=grid, mm_token_type_ids=model.token_types(ids),
+                                        max_new_tokens=max_new_tokens, do_sample=False,
                                         eos_token_id=model.token_ids.eos, pad_token_id=model.token_ids.pad)
     text = model.tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True)
     mu = reward.reshape(-1)[0].item()

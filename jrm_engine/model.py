@@ -74,9 +74,15 @@ class RewardModel(nn.Module):
     def lm_weight(self) -> torch.Tensor:
         return self.backbone.lm_head.weight  # [V, H]; may be tied to the input embeddings
 
+    def token_types(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """1 on image tokens, 0 elsewhere: without it Hugging Face gives image tokens 1-D positions instead of
+        Qwen's 3-D (time, row, column) M-RoPE positions, and the model cannot tell where objects are."""
+        return (input_ids == self.token_ids.image).int()
+
     def forward(self, input_ids, attention_mask, pixel_values, image_grid_thw, reward_pos) -> RewardOutput:
         out = self.backbone.model(input_ids=input_ids, attention_mask=attention_mask,
-                                  pixel_values=pixel_values, image_grid_thw=image_grid_thw, use_cache=False)
+                                  pixel_values=pixel_values, image_grid_thw=image_grid_thw,
+                                  mm_token_type_ids=self.token_types(input_ids), use_cache=False)
         hidden = out.last_hidden_state  # [B, L, H]
         features = hidden[torch.arange(hidden.shape[0], device=hidden.device), reward_pos]  # [B, H]
         return RewardOutput(hidden, self.head(features), features)

@@ -47,7 +47,7 @@ def random_batch(model: RewardModel, lengths, seed=0):
     return pixels(), pixels(), texts
 
 
-def hf_rewards(model: RewardModel, source, edited, texts, mrope=False) -> torch.Tensor:
+def hf_rewards(model: RewardModel, source, edited, texts, mrope=True) -> torch.Tensor:
     """RewardModel's forward on the training layout (unpadded sequences, HF preprocessing)."""
     encoded = [model.layout.image_block() + t + model.layout.image_block() + [model.token_ids.reward] for t in texts]
     length = max(map(len, encoded))
@@ -61,11 +61,11 @@ def hf_rewards(model: RewardModel, source, edited, texts, mrope=False) -> torch.
     grid = torch.tensor([[1, model.spec.grid, model.spec.grid]] * len(images))
     reward_pos = torch.tensor([len(e) - 1 for e in encoded])
     with torch.no_grad():
-        if not mrope:
+        if mrope:
             return model(ids, mask, patches, grid, reward_pos).rewards
-        # Qwen's 3-D image positions need the token types RewardModel does not pass.
+        # Without token types Hugging Face falls back to 1-D positions on all three M-RoPE axes.
         out = model.backbone.model(input_ids=ids, attention_mask=mask, pixel_values=patches, image_grid_thw=grid,
-                                   mm_token_type_ids=(ids == model.token_ids.image).int(), use_cache=False)
+                                   use_cache=False)
         return model.head(out.last_hidden_state[torch.arange(len(encoded)), reward_pos])
 
 
