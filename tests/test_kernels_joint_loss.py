@@ -5,10 +5,7 @@ errors of the loss values and of the gradients w.r.t. hidden, lm_weight and rewa
 interpreter runs every program in Python; none is a multiple of the blocks.
 """
 import importlib
-import importlib.util
 import os
-import sys
-from pathlib import Path
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel is defined: the CPU interpreter, not a GPU
 
@@ -17,22 +14,6 @@ import torch  # noqa: E402
 
 pytest.importorskip("triton")
 
-
-def _import_kernels():
-    """`jrm_engine.kernels` once installed; in a checkout, map it onto the top-level `kernels/` folder."""
-    try:
-        return importlib.import_module("jrm_engine.kernels")
-    except ModuleNotFoundError:
-        root = Path(__file__).resolve().parents[1] / "kernels"
-        spec = importlib.util.spec_from_file_location("jrm_engine.kernels", root / "__init__.py",
-                                                      submodule_search_locations=[str(root)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["jrm_engine.kernels"] = module
-        spec.loader.exec_module(module)
-        return module
-
-
-_import_kernels()
 lm_backward_module = importlib.import_module("jrm_engine.kernels.lm_backward")  # the package exports the function
 lm_cublas_module = importlib.import_module("jrm_engine.kernels.lm_cublas")
 from jrm_engine.kernels import lm_lse_forward, rank_loss_forward, select_labelled_rows  # noqa: E402

@@ -14,7 +14,6 @@ TFLOP/s counts the useful work, 6 * labelled rows * H * V (2 * ... for the one-p
 """
 import argparse
 import importlib
-import importlib.util
 import json
 import os
 import re
@@ -34,20 +33,6 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 
-def import_kernels():
-    """`jrm_engine.kernels` once installed; in a checkout, map it onto the top-level `kernels/` folder."""
-    try:
-        return importlib.import_module("jrm_engine.kernels")
-    except ModuleNotFoundError:
-        spec = importlib.util.spec_from_file_location("jrm_engine.kernels", ROOT / "kernels" / "__init__.py",
-                                                      submodule_search_locations=[str(ROOT / "kernels")])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["jrm_engine.kernels"] = module
-        spec.loader.exec_module(module)
-        return module
-
-
-import_kernels()
 from jrm_engine.losses import joint_loss  # noqa: E402
 
 DEV = "cpu" if TINY else "cuda"

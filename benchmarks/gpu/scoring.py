@@ -11,7 +11,6 @@ and the script skips what would overrun `--budget-s` (recorded in the JSON), so 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -28,22 +27,6 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 
-def _import_export():
-    """jrm_engine.export lives in export/ at the repository root; map it when the package is not installed."""
-    import jrm_engine
-
-    try:
-        import jrm_engine.export  # noqa: F401
-    except ModuleNotFoundError:
-        spec = importlib.util.spec_from_file_location("jrm_engine.export", ROOT / "export" / "__init__.py",
-                                                      submodule_search_locations=[str(ROOT / "export")])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["jrm_engine.export"] = module
-        jrm_engine.export = module
-        spec.loader.exec_module(module)
-
-
-_import_export()
 from jrm_engine.export import GroupScorer, ScoringGraph  # noqa: E402
 from jrm_engine.model import RewardHead  # noqa: E402
 from jrm_engine.sequence import TokenIds  # noqa: E402
