@@ -101,7 +101,7 @@ def hf_forward(model, source, edited, text_ids, lengths):
     patches = pixels_to_patches(images, spec).reshape(-1, spec.patch_dim)
     grid = torch.tensor([[1, spec.grid, spec.grid]] * (2 * b), device=source.device)
     out = model.backbone.model(input_ids=seq, attention_mask=torch.ones_like(seq), pixel_values=patches,
-                               image_grid_thw=grid, use_cache=False)
+                               image_grid_thw=grid, mm_token_type_ids=(seq == ids.image).int(), use_cache=False)
     return model.head(out.last_hidden_state[:, -1])
 
 
