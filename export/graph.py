@@ -265,6 +265,8 @@ class ScoringGraph(nn.Module):
         self.head_outputs = model.head.outputs
         self.vocab_size = inner.language_model.embed_tokens.num_embeddings
         self.pad_id = 0  # the contract pads text_ids with 0; padded slots are masked, so any id would do
+        # The host-computed tables above are built on the CPU; keep them beside the checkpoint's weights.
+        self.to(inner.language_model.embed_tokens.weight.device)
 
     # -- pieces shared with group scoring --
     def special_embeddings(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

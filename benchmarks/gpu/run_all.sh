@@ -13,7 +13,9 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --tar
 (nice python3 -m pip install -q --no-build-isolation --no-deps --target /tmp/jrm . > "$OUT/runtime-build.log" 2>&1) &
 BUILD=$!
 export PYTHONUNBUFFERED=1
-timeout 170 python3 benchmarks/gpu/joint_loss.py 2>&1 | tee "$OUT/joint-loss.log" | tail -40
+if [ -z "${JRM_SKIP_LOSS:-}" ]; then
+  timeout 170 python3 benchmarks/gpu/joint_loss.py 2>&1 | tee "$OUT/joint-loss.log" | tail -40
+fi
 echo "== joint loss done at $(elapsed) s"
 timeout 330 python3 benchmarks/gpu/scoring.py --no-compile --budget-s 120 --aoti-out /tmp/aoti 2>&1 \
   | tee "$OUT/scoring.log" | tail -30
