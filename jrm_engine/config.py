@@ -187,6 +187,15 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
             if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
                 raise ValueError(f"{key}: expected a boolean, got {value!r}")
             return value.lower() in ("true", "1", "yes")
+        # YAML reads "4e-3" as a string (its floats need a dot), so numbers are parsed directly.
+        kinds = {int: (int,), float: (float,), type(None): (int, float)}.get(type(current), ())
+        for kind in kinds:
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+        if kinds and current is not None:
+            raise ValueError(f"{key}: expected a number, got {value!r}")
         try:
             parsed = yaml.safe_load(value)
         except yaml.YAMLError as e:

@@ -4,8 +4,10 @@ from jrm_engine.config import JRMConfig, load_config
 
 
 def test_presets_and_overrides(tmp_path):
-    cfg = load_config("smoke", overrides={"loss.alpha": "0", "train.betas": "[0.8, 0.9]", "model.backbone": "none"})
+    cfg = load_config("smoke", overrides={"loss.alpha": "0", "train.betas": "[0.8, 0.9]", "model.backbone": "none",
+                                          "train.lr": "4e-3", "train.max_steps": "12"})
     assert cfg.loss.alpha == 0.0 and isinstance(cfg.loss.alpha, float)
+    assert cfg.train.lr == 4e-3 and cfg.train.max_steps == 12
     assert cfg.train.betas == (0.8, 0.9)
     assert cfg.model.backbone is None
     assert cfg.model.image_size == 56  # from the preset
@@ -24,7 +26,7 @@ def test_roundtrip_through_dict():
     assert JRMConfig.from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
 
 
-@pytest.mark.parametrize("bad", [{"loss.nope": "1"}, {"nope.alpha": "1"}, {"train.bf16": "maybe"}])
+@pytest.mark.parametrize("bad", [{"loss.nope": "1"}, {"nope.alpha": "1"}, {"train.bf16": "maybe"}, {"train.lr": "fast"}])
 def test_bad_overrides_name_the_key(bad):
     with pytest.raises(ValueError, match=list(bad)[0].split(".")[0]):
         load_config("tiny", overrides=bad)
