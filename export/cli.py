@@ -41,9 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                    help="backbone dtype in the engine; the reward head stays fp32 (default: %(default)s)")
     p.add_argument("--device", default=None, help="--aoti: cpu or cuda (default: cuda if available, else cpu)")
-    p.add_argument("--positions", choices=["sequential", "mrope"], default="sequential",
-                   help="language-model positions; 'sequential' is what RewardModel trains and scores with "
-                        "(default: %(default)s)")
+    p.add_argument("--positions", choices=["sequential", "mrope"], default="mrope",
+                   help="language-model positions; 'mrope' (Qwen's 3-D image positions) is what RewardModel "
+                        "trains and scores with (default: %(default)s)")
     p.add_argument("--workspace-gb", type=float, default=8.0, help="--trt: builder workspace limit")
     p.add_argument("--timing-cache", default=None, help="--trt: timing cache file (default: OUT.timing.cache)")
     return p.parse_args(argv)

@@ -17,7 +17,7 @@ class ExportSettings:
     max_batch: int = 32
     opt_batch: int = 8  # TensorRT tunes its kernels for this batch
     max_group: int = 16  # candidates per group in the candidate pass
-    positions: str = "sequential"
+    positions: str = "mrope"  # what RewardModel trains with (export/graph.py POSITION_MODES)
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
