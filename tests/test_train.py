@@ -96,3 +96,27 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0
+
+
+@pytest.mark.parametrize("fmt,backend", [("onnx", "onnx"), ("aoti", "compiled")])
+def test_trained_checkpoint_exports_and_scores_the_same(finished_run, tmp_path, fmt, backend):
+    """python -m jrm_engine.train -> jrm-export -> Scorer on the engine == Scorer on the checkpoint."""
+    from jrm_engine.data.synthetic import SyntheticEditDataset
+    from jrm_engine.export.cli import main as export_main
+    from jrm_engine.scoring import Scorer
+
+    out, _ = finished_run
+    ckpt = latest_checkpoint(out)
+    engine = tmp_path / f"scorer.{'pt2' if fmt == 'aoti' else 'onnx'}"
+    extra = ["--device", "cpu"] if fmt == "aoti" else []
+    assert export_main([str(ckpt), f"--{fmt}", str(engine), "--buckets", "16,32", "--max-batch", "4", *extra]) == 0
+    pairs = [SyntheticEditDataset(3, seed=5, image_size=56, split="heldout")[i] for i in range(3)]
+    args = ([p.source for p in pairs], [p.instruction for p in pairs], [p.b.image for p in pairs])
+    reference = Scorer.load(ckpt, backend="torch").score(*args)
+    got = Scorer.load(engine, backend=backend).score(*args)
+    assert abs(got - reference).max() <= 1e-4
+    group = Scorer.load(engine, backend=backend).score_group(pairs[0].source, pairs[0].instruction,
+                                                              [p.a.image for p in pairs])
+    alone = Scorer.load(ckpt, backend="torch").score([pairs[0].source] * 3, [pairs[0].instruction] * 3,
+                                                      [p.a.image for p in pairs])
+    assert abs(group - alone).max() <= 1e-4
