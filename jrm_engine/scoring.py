@@ -7,17 +7,27 @@
     rewards = scorer.score(sources, instructions, edited)         # np.ndarray [B]
     rewards = scorer.score_group(source, instruction, edits)      # np.ndarray [G]; source encoded once
 
+    # The C++ batching runtime over the same package: requests from every thread share batches.
+    with Scorer.load("out/scorer.pt2", backend="runtime", max_batch=32, max_delay_ms=2, max_queue=1024) as scorer:
+        future = scorer.submit(source, instruction, edited)       # concurrent.futures.Future -> float
+        rewards = scorer.score(sources, instructions, edited)     # rows become requests, batched by the runtime
+    # leaving the block answers every queued request, then stops the runtime's threads (a no-op elsewhere)
+
 Images may be PIL images, numpy arrays or paths; each is resized to the engine's image size with the same
 `load_image` the trainer uses (bicubic, RGB), so a differently sized image is resized, not rejected. A corrupt
 image raises ValueError naming the input. An instruction longer than the largest text bucket raises ValueError.
 
 Backends are a registry (`register_backend`): each loader returns an `Engine` (the scoring-graph signature on
 torch tensors, plus what the Scorer needs to prepare inputs). Engines exported by `jrm-export` carry a manifest
-and a tokenizer beside them; the checkpoint backend builds both from the checkpoint.
+and a tokenizer beside them; the checkpoint backend builds both from the checkpoint. An asynchronous engine (the
+runtime) also provides `submit` and `close`; `Scorer.submit` preprocesses in the calling thread (resize,
+tokenise) and a request whose input is bad gets a failed future naming that input, leaving every other request
+alone.
 """
 from __future__ import annotations
 
 import json
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -42,6 +52,11 @@ class Engine:
     # One group against a shared prefix (source encoded once); None: the Scorer repeats the source instead.
     run_group: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple] | None = None
     info: dict = field(default_factory=dict)
+    # Asynchronous engines only: submit(source (S,S,3) uint8, edited (S,S,3) uint8, text_ids (n,) int64,
+    # return_log_sigma=bool) -> Future; close() answers what is queued and stops; stats() -> counters.
+    submit: Callable[..., Future] | None = None
+    close: Callable[[], None] | None = None
+    stats: Callable[[], dict] | None = None
 
 
 BACKENDS: dict[str, Callable[..., Engine]] = {}
@@ -141,10 +156,30 @@ def load_tensorrt(path, device: str | None = None) -> Engine:
     return _exported_engine(path, engine.meta, lambda *inputs: _as_numpy(engine(*inputs)))
 
 
+def load_runtime(path, device: str | None = None, max_batch: int | None = None, max_delay_ms: float = 2.0,
+                 max_queue: int = 1024, **runtime_options) -> Engine:
+    """An engine from `jrm-export` (AOTInductor .pt2, or a TensorRT plan where the extension was built with
+    TensorRT) served by the C++ batching runtime (`jrm_engine.runtime.RuntimeScorer`; `runtime_options` go to
+    it: inflight, intra_op_threads, expect, verify_sha256). `max_batch` defaults to the engine's."""
+    from jrm_engine.export.manifest import manifest_path
+    from jrm_engine.runtime import RuntimeScorer
+
+    path = Path(path)
+    manifest = _manifest(path)
+    tokenizer = _engine_tokenizer(path, manifest)  # before starting threads: a missing tokenizer fails cleanly
+    runtime = RuntimeScorer.load(manifest_path(path), device=device, max_batch=max_batch, max_delay_ms=max_delay_ms,
+                                 max_queue=max_queue, **runtime_options)
+    settings = manifest["settings"]
+    return Engine(run=runtime.run_batch, tokenizer=tokenizer, image_size=manifest["image_size"],
+                  buckets=tuple(settings["buckets"]), max_batch=runtime.max_batch, info=manifest,
+                  submit=runtime.submit, close=runtime.close, stats=runtime.stats)
+
+
 register_backend("torch", load_torch)
 register_backend("compiled", load_compiled)
 register_backend("onnx", load_onnx)
 register_backend("tensorrt", load_tensorrt)
+register_backend("runtime", load_runtime)
 
 
 # ---- the scorer -----------------------------------------------------------------------------------------------
@@ -162,25 +197,55 @@ class Scorer:
     def image_size(self) -> int:
         return self.engine.image_size
 
+    def close(self) -> None:
+        """Answer every queued request, then stop the engine's threads (runtime backend; others: nothing to do)."""
+        if self.engine.close is not None:
+            self.engine.close()
+
+    def __enter__(self) -> "Scorer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def _pixels(self, images: Sequence[ImageLike], what: str) -> torch.Tensor:
         arrays = [load_image(im, self.image_size, name=f"{what}[{i}]") for i, im in enumerate(images)]
         return torch.from_numpy(np.stack(arrays))  # [B, S, S, 3] uint8
 
+    def _token_ids(self, text: str, what: str) -> list[int]:
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{what}: empty instruction")
+        row = self.engine.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(row) > self.engine.buckets[-1]:
+            raise ValueError(f"{what}: {len(row)} tokens exceeds the largest text bucket "
+                             f"({self.engine.buckets[-1]}); re-export with a larger --buckets or shorten it")
+        return row
+
     def _text(self, instructions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = []
-        for i, text in enumerate(instructions):
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"instructions[{i}]: empty instruction")
-            row = self.engine.tokenizer(text, add_special_tokens=False)["input_ids"]
-            if len(row) > self.engine.buckets[-1]:
-                raise ValueError(f"instructions[{i}]: {len(row)} tokens exceeds the largest text bucket "
-                                 f"({self.engine.buckets[-1]}); re-export with a larger --buckets or shorten it")
-            ids.append(row)
+        ids = [self._token_ids(text, f"instructions[{i}]") for i, text in enumerate(instructions)]
         bucket = next(b for b in self.engine.buckets if b >= max(map(len, ids)))
         text_ids = torch.zeros(len(ids), bucket, dtype=torch.long)  # contract: right-padded with 0
         for i, row in enumerate(ids):
             text_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         return text_ids, torch.tensor([len(r) for r in ids], dtype=torch.long)
+
+    def submit(self, source: ImageLike, instruction: str, edited: ImageLike, *, return_log_sigma: bool = False
+               ) -> Future:
+        """One request, batched with every other thread's (runtime backend); a Future of the reward (or of
+        `(reward, log_sigma)`). Bad input fails only this future, with a ValueError naming the input; a full
+        queue raises `jrm_engine.runtime.QueueFullError` here, a closed scorer `RuntimeClosedError`."""
+        if self.engine.submit is None:
+            raise NotImplementedError("submit() needs an asynchronous backend (backend='runtime'); this engine "
+                                      "scores synchronously: use score()")
+        try:
+            source_pixels = load_image(source, self.image_size, name="source")
+            edited_pixels = load_image(edited, self.image_size, name="edited")
+            text_ids = np.asarray(self._token_ids(instruction, "instruction"), dtype=np.int64)
+        except ValueError as e:
+            failed: Future = Future()
+            failed.set_exception(e)
+            return failed
+        return self.engine.submit(source_pixels, edited_pixels, text_ids, return_log_sigma=return_log_sigma)
 
     def score(self, sources: Sequence[ImageLike], instructions: Sequence[str], edited: Sequence[ImageLike], *,
               return_log_sigma: bool = False):
