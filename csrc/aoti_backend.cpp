@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <c10/core/DeviceGuard.h>
 #include <c10/core/Stream.h>
 #include <c10/core/StreamGuard.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
@@ -45,14 +46,28 @@ Buffers allocate(const c10::Device& device, bool pinned, int64_t image_bytes, in
           at::empty({ids}, opt.dtype(at::kLong)), at::empty({ids}, opt.dtype(at::kLong))};
 }
 
+// "cuda" without an index means the device current when the runtime is built; resolve it once, so the loader,
+// the buffers, the streams and every worker thread agree on one concrete device.
+c10::Device resolve(const std::string& name) {
+  c10::Device device(name);
+  if (device.is_cuda() && !device.has_index()) {
+    device.set_index(c10::impl::getDeviceGuardImpl(c10::kCUDA)->getDevice().index());
+  }
+  return device;
+}
+
 class AotiBackend final : public Backend {
  public:
-  explicit AotiBackend(const RuntimeConfig& config) : config_(config), device_(config.device) {
+  explicit AotiBackend(const RuntimeConfig& config) : config_(config), device_(resolve(config.device)) {
     const bool cuda = device_.is_cuda();
     if (!cuda && !device_.is_cpu()) throw std::invalid_argument("aoti backend runs on cpu or cuda, got " + config.device);
 #ifndef _OPENMP
     if (config.intra_op_threads > 0) throw std::invalid_argument("intra_op_threads needs a build with OpenMP");
 #endif
+    // Constants, device buffers and pinned staging belong to the runtime's device, not whichever one the
+    // constructing thread happens to have current.
+    std::optional<c10::DeviceGuard> on_device;
+    if (cuda) on_device.emplace(device_);
 
     // Buckets may share one package (dynamic text length) or have one each; load each file once.
     std::map<std::string, int> by_path;
@@ -127,12 +142,15 @@ class AotiBackend final : public Backend {
     std::vector<at::Tensor> inputs = views(*k.device);
     const std::vector<at::Tensor> staged = views(k.host);
     for (size_t i = 0; i < inputs.size(); ++i) inputs[i].copy_(staged[i], /*non_blocking=*/true);
-    store(loader.run(inputs, k.stream->native_handle()), k, n);
+    // The engine's outputs stay alive until the stream has finished the asynchronous copies out of them.
+    const std::vector<at::Tensor> outputs = loader.run(inputs, k.stream->native_handle());
+    store(outputs, k, n);
     k.stream->synchronize();
   }
 
  private:
   std::unique_ptr<Loader> load(const std::string& path, bool cuda) {
+    // One runner per worker: the package's container then serves `inflight` concurrent run() calls.
     auto loader = std::make_unique<Loader>(path, "model", /*run_single_threaded=*/false,
                                            /*num_runners=*/static_cast<size_t>(config_.inflight),
                                            cuda ? device_.index() : c10::DeviceIndex(-1));

@@ -5,6 +5,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <torch/version.h>  // macros only: which libtorch this module was compiled against
+
+#include <string>
+
 #include "runtime.h"
 
 namespace py = pybind11;
@@ -33,6 +37,10 @@ py::dict percentiles(const jrm::Percentiles& p) {
 
 PYBIND11_MODULE(_runtime, m) {
   m.doc() = "Dynamic-batching scoring runtime (C++). Use jrm_engine.runtime.RuntimeScorer, not this module.";
+  // jrm_engine.runtime refuses to use this module under another torch: libtorch's C++ ABI is not stable across
+  // releases, and a mismatch may only show as a crash inside the engine.
+  m.attr("torch_version") = std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
+                            std::to_string(TORCH_VERSION_PATCH);
   py::register_exception<jrm::QueueFull>(m, "QueueFullError", PyExc_RuntimeError);
   py::register_exception<jrm::QueueClosed>(m, "RuntimeClosedError", PyExc_RuntimeError);
 

@@ -37,6 +37,33 @@ except pad_id, which must be 0: the runtime right-pads text_ids with 0 as the co
 A bucket may also carry its own "image_size" (default: the top-level one): requests are bucketed by image size
 and text length. One package per bucket (static text length) or one package with a dynamic text length shared
 by all buckets are both fine; each distinct file is loaded once.
+
+Known issue (CUDA, unresolved and unverified on a GPU):
+On an H100 (torch 2.11.0+cu130; extension built there with `pip install --no-build-isolation --no-deps --target
+/tmp/jrm .`, imported with PYTHONPATH=/tmp/jrm), `benchmarks/gpu/runtime.py --manifest` on the 3B bf16 AOTI
+package died with a segmentation fault before printing anything. The cause is not known. The benchmark then
+printed only at its end, so the crash site is unknown too; the first thing it does with the package is torch's
+own `aoti_load_package` and direct calls (no code of ours), and that package had never been loaded or run
+anywhere before (the scoring benchmark only compiled it). The CPU path is tested here.
+A static review of the CUDA path found no definite bug. Reviewed and left as they were: device index -1 (the
+loader then uses the current device), streams from torch's pool under a device-generic StreamGuard (nothing from
+c10_cuda or `at::cuda`, so the file also compiles against CPU-only torch headers), pinned staging through
+`at::empty(pinned_memory)`. Pinned staging needs the CUDA hooks that `import torch` loads, and this module
+imports torch first. The loader is built on the caller's thread and run from the workers, which is fine because
+the primary CUDA context is shared by the whole process.
+Changed as hardening (none of it has run on a GPU):
+  1. "cuda" is resolved to a concrete index once, and construction runs under a DeviceGuard, so the loader's
+     constants, device buffers, pinned staging and streams all belong to the runtime's device.
+  2. The engine's output tensors stay alive until the stream has finished copying them to the host. Before,
+     they were released while that asynchronous copy was still queued, which was safe only because of the
+     caching allocator's stream ordering.
+  3. The extension records the torch it was compiled against, and importing it under another torch
+     major.minor fails with an error that names both versions. Otherwise a stale build (for example one found
+     through the site-packages fallback when a checkout shadows the install) would load and might crash later.
+  4. The benchmark prints a line as each stage starts and enables faulthandler, so the next run says where it dies.
+Untested suspicion: on a CUDA torch, CMake's `torch` target links the CUDA toolkit's libcudart. If the toolkit
+and the torch wheel differ in CUDA major version, the process gets a second CUDA runtime; this code never calls
+it directly.
 """
 from __future__ import annotations
 
@@ -56,7 +83,19 @@ import torch  # before _runtime: loads the libtorch it links, even where its bui
 
 
 def _load_extension():
-    """The compiled `jrm_engine._runtime`; from a source checkout, the copy `pip install .` put in site-packages."""
+    """The compiled `jrm_engine._runtime`, checked against the running torch."""
+    ext = _find_extension()
+    built, running = ext.torch_version, torch.__version__.split("+")[0]
+    if built.split(".")[:2] != running.split(".")[:2]:
+        raise ImportError(f"{ext.__file__} was compiled against torch {built} but this process runs torch "
+                          f"{torch.__version__}; libtorch's C++ ABI differs between releases, so rebuild it here: "
+                          f"`pip install --no-build-isolation --no-deps .` (or `--target DIR` and put DIR first on "
+                          f"PYTHONPATH)")
+    return ext
+
+
+def _find_extension():
+    """This package's `_runtime`; from a source checkout, the copy `pip install .` put beside its metadata."""
     try:
         from . import _runtime as ext
 

@@ -10,14 +10,18 @@ image size and mixed text lengths:
   - runtime: 1, 8 and 64 closed-loop client threads (each submits one request and waits for it);
   - runtime_full_batches: max_batch-sized bursts, so every batch is full (overhead vs direct at max_batch).
 Inputs start on the host as uint8/int64 arrays in every case, so each figure includes the host-to-device copy.
+Progress lines ("stage: ...") go to stderr as each step starts, and a crash prints every thread's Python stack
+(faulthandler), so a run that dies says where.
 """
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import platform
 import re
+import sys
 import threading
 import time
 from pathlib import Path
@@ -75,6 +79,10 @@ def measure_clients(call, requests, threads: int, per_thread: int) -> dict:
     return summarize([x for per in latencies for x in per], wall, threads * per_thread)
 
 
+def stage(message: str) -> None:
+    print(f"stage: {message}", file=sys.stderr, flush=True)
+
+
 def gpu_slug(device: str) -> str:
     name = torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu-{platform.machine()}"
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
@@ -89,7 +97,9 @@ def main(argv=None) -> dict:
     p.add_argument("--max-delay-ms", type=float, default=2.0)
     p.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
     args = p.parse_args(argv)
+    faulthandler.enable()
 
+    stage("importing jrm_engine.runtime (loads the C++ extension)")
     from jrm_engine.runtime import Manifest, RuntimeScorer
 
     manifest = Manifest.load(args.manifest)
@@ -105,7 +115,9 @@ def main(argv=None) -> dict:
     results: dict = {}
 
     # Direct: the package from Python, one caller at a time (its runner is not meant for concurrent callers).
+    stage(f"loading {manifest.buckets[0].package.name} with torch._inductor.aoti_load_package (torch only)")
     direct = torch._inductor.aoti_load_package(str(manifest.buckets[0].package))
+    stage("direct calls (torch only)")
     lock = threading.Lock()
 
     def direct_call(batch):
@@ -126,10 +138,13 @@ def main(argv=None) -> dict:
                                                      iters * max_batch)
 
     # The export just wrote and hashed the package; re-hashing gigabytes here would only spend device time.
+    stage(f"starting the C++ runtime on {device}")
     with RuntimeScorer(manifest, device=device, max_batch=max_batch, max_delay_ms=args.max_delay_ms,
                        max_queue=4096, verify_sha256=False) as rt:
+        stage("runtime warm-up")
         rt.score(*zip(*requests[: 2 * max_batch]))  # warm up every worker
         for threads in (1, 8, 64):
+            stage(f"runtime, {threads} clients")
             per_thread = max(2, args.requests * 8 // threads) if threads > 1 else args.requests
             results[f"runtime_{threads}_clients"] = measure_clients(lambda r: rt.submit(*r).result(), requests,
                                                                     threads, per_thread)
