@@ -67,17 +67,19 @@ class LossConfig:
 @dataclass
 class TrainConfig:
     out: str = "runs/default"
-    max_steps: int = 1500
-    batch_pairs: int = 16  # preference pairs per optimizer step (2 sequences each)
+    # Tuned for the tiny default on 2 CPU cores (~10 min): batch 32 at lr 3e-3 learnt more per sample than
+    # batch 16 at 2e-3 or 4e-3 (held-out 0.75 vs 0.68-0.72, README "Training results").
+    max_steps: int = 1400
+    batch_pairs: int = 32  # preference pairs per optimizer step (2 sequences each)
     grad_accum: int = 1
-    lr: float = 2e-3
+    lr: float = 3e-3
     head_lr: float | None = None  # None = lr
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_frac: float = 0.05
     grad_clip: float = 1.0
-    eval_every: int = 250
-    save_every: int = 500
+    eval_every: int = 200
+    save_every: int = 700
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     bf16: bool = True  # bf16 autocast, on CUDA only
