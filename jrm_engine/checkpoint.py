@@ -2,7 +2,7 @@
 
 Layout of `OUT/checkpoints/step-000500/`: the RewardModel folder (backbone/, reward_head.safetensors, jrm.json)
 plus optimizer.safetensors, rng.safetensors and trainer_state.json. A checkpoint is written under a temporary
-name and renamed into place only when complete, then `OUT/checkpoints/latest` is replaced atomically: an
+name and renamed into place only when complete, then the symlink `OUT/checkpoints/latest` is replaced atomically: an
 interrupted save never leaves a folder that `--resume` would pick up.
 """
 from __future__ import annotations
@@ -57,8 +57,11 @@ def save_checkpoint(out: str | Path, step: int, model: RewardModel, optimizer, s
     (tmp / "trainer_state.json").write_text(json.dumps(state))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+    # `latest` is a relative symlink, so every path-taking command (jrm-export, Scorer.load, evaluate) accepts
+    # OUT/checkpoints/latest; replacing it by rename keeps the switch atomic.
     pointer = root / f".{LATEST}.tmp"
-    pointer.write_text(final.name)
+    pointer.unlink(missing_ok=True)
+    pointer.symlink_to(final.name, target_is_directory=True)
     os.replace(pointer, root / LATEST)
     return final
 
@@ -66,9 +69,9 @@ def save_checkpoint(out: str | Path, step: int, model: RewardModel, optimizer, s
 def latest_checkpoint(out: str | Path) -> Path | None:
     root = Path(out) / "checkpoints"
     pointer = root / LATEST
-    if not pointer.is_file():
+    if not pointer.is_symlink():
         return None
-    path = root / pointer.read_text().strip()
+    path = root / os.readlink(pointer)
     if not (path / "trainer_state.json").is_file():
         raise FileNotFoundError(f"{pointer} names {path}, which is missing or incomplete")
     return path

@@ -36,6 +36,7 @@ def test_run_writes_checkpoint_metrics_and_plot(finished_run):
     assert (out / "training_curves.png").stat().st_size > 0
     ckpt = latest_checkpoint(out)
     assert ckpt.name == "step-000004"
+    assert (out / "checkpoints" / "latest" / "jrm.json").is_file()  # usable as a path by every command
     assert json.loads((ckpt / "jrm.json").read_text())["train"]["max_steps"] == 4  # resolved config saved
     assert not list((out / "checkpoints").glob("*.pt*"))  # safetensors only, no pickle
 
