@@ -13,7 +13,7 @@ Padded instruction slots are removed from attention with a key-padding mask and 
 shifted back by the padding, so every real token sees exactly what it sees in the unpadded sequence; the edited
 image and `<reward>` sit at fixed indices whatever the instruction length.
 
-Inputs (the contract in docs/TEAM.md): source_pixels, edited_pixels uint8 [B, S, S, 3]; text_ids int64 [B, L]
+Inputs (the contract in docs/CONTRIBUTING.md): source_pixels, edited_pixels uint8 [B, S, S, 3]; text_ids int64 [B, L]
 right-padded with 0; text_lengths int64 [B] (>= 1). Output: rewards float32 [B], plus log_sigma float32 [B] when
 the reward head has two outputs.
 """

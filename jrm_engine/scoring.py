@@ -42,7 +42,7 @@ __all__ = ["Engine", "Scorer", "register_backend", "BACKENDS"]
 
 @dataclass
 class Engine:
-    """What a backend provides. `run` has the scoring-graph contract (docs/TEAM.md) and returns numpy arrays."""
+    """What a backend provides. `run` has the scoring-graph contract (docs/CONTRIBUTING.md) and returns numpy arrays."""
 
     run: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[np.ndarray, np.ndarray | None]]
     tokenizer: object

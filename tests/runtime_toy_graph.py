@@ -1,7 +1,7 @@
 """A small module with exactly the scoring-graph contract, compiled to an AOTInductor package for runtime tests.
 
 Until the real scoring graph is exported, the runtime is tested against this stand-in: same inputs, dtypes and
-dynamic dims as the contract in docs/TEAM.md, and a reward that depends on every input element (pixels of both
+dynamic dims as the contract in docs/CONTRIBUTING.md, and a reward that depends on every input element (pixels of both
 images, each token id, its position, text_lengths, and the zero padding), so a request that is mis-batched,
 mis-padded or mixed with another request's data gives a different reward.
 """
