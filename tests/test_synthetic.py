@@ -11,7 +11,7 @@ from jrm_engine.data.synthetic import (
 )
 
 N = 400
-WORDS = re.compile(r"\w+|[^\w\s]")  # the lead tokenizer's pre-tokenizer: whitespace and punctuation
+WORDS = re.compile(r"\w+|[^\w\s]")  # the tiny tokenizer's pre-tokenizer (jrm_engine/backbone.py): whitespace and punctuation
 
 
 @pytest.fixture(scope="module")
