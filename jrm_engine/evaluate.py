@@ -109,8 +109,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         from .scoring import Scorer
 
         needed = list(dict.fromkeys(key for it in bench.items for key in it.keys))
-        scorer = Scorer.load(checkpoint, backend=args.backend)
-        scores = score_candidates(scorer, [bench.candidates[k] for k in needed], args.batch_size, args.quiet)
+        with Scorer.load(checkpoint, backend=args.backend) as scorer:  # the runtime backend stops its workers
+            scores = score_candidates(scorer, [bench.candidates[k] for k in needed], args.batch_size, args.quiet)
         source = {"checkpoint": str(checkpoint), "backend": args.backend, "batch_size": args.batch_size,
                   "scores_file": str(write_scores(out / "scores.json", scores))}
     checked = check_scores(bench, scores, args.exclude_bad)
