@@ -29,6 +29,12 @@ class PixelScorer:
     def load(cls, path, backend="torch"):
         return cls(path, backend)
 
+    def __enter__(self):  # Scorer is a context manager (the runtime backend stops its workers on exit)
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
     def score(self, sources, instructions, edited):
         assert len(sources) == len(instructions) == len(edited)
         PixelScorer.calls.append(len(edited))
