@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .tuning import INTERPRET, dot_acc, dot_precision, tile_configs
+from .tuning import INTERPRET, dot_acc, dot_precision, logits_tile, tile_configs
 
 SLAB_BYTES = 128 << 20  # bounds the [T, Vc] logit-gradient slab; bigger slabs mean fewer dX accumulator passes
 _CHUNK_ALIGN = 256  # Vc is a multiple of every BLOCK_N / BLOCK_K used below
@@ -50,20 +50,11 @@ def _lm_dlogits_kernel(X, W, Rows, Count, Labels, Lse, Scale, Slab, v0, vc_len, 
     offs_c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_c = offs_c < vc_len
     offs_v = v0 + offs_c
-    offs_k = tl.arange(0, BLOCK_K)
 
     x_base = X + rows[:, None] * stride_xt
     w_base = W + offs_v[None, :].to(tl.int64) * stride_wv
-    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    for k0 in range(0, H, BLOCK_K):
-        kk = k0 + offs_k
-        if EVEN_K:
-            x = tl.load(x_base + kk[None, :] * stride_xh, mask=mask_m[:, None], other=0.0)
-            w = tl.load(w_base + kk[:, None] * stride_wh, mask=mask_c[None, :], other=0.0)
-        else:
-            x = tl.load(x_base + kk[None, :] * stride_xh, mask=mask_m[:, None] & (kk[None, :] < H), other=0.0)
-            w = tl.load(w_base + kk[:, None] * stride_wh, mask=mask_c[None, :] & (kk[:, None] < H), other=0.0)
-        acc = dot_acc(x, w, acc, DOT_PRECISION)
+    acc = logits_tile(x_base, w_base, mask_m, mask_c, H, stride_xh, stride_wh, DOT_PRECISION,
+                      BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K)
 
     scale = tl.load(Scale)
     grad = tl.exp(acc - lse[:, None]) - tl.where(offs_v[None, :] == labels[:, None], 1.0, 0.0)

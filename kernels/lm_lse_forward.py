@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .tuning import dot_acc, dot_precision, num_sms, tile_configs
+from .tuning import dot_precision, logits_tile, num_sms, tile_configs
 
 # (BLOCK_M rows, BLOCK_N vocab, BLOCK_K hidden, warps, stages)
 _CUDA_TILES = [(128, 128, 64, 8, 4), (128, 256, 64, 8, 3), (256, 128, 64, 8, 3)]
@@ -33,7 +33,6 @@ def _lm_lse_fwd_kernel(X, W, Rows, Count, Labels, PartLse, PartTgt, T, V, H,
     mask_m = offs_m < count
     rows = tl.load(Rows + offs_m, mask=mask_m, other=0).to(tl.int64)
     labels = tl.load(Labels + offs_m, mask=mask_m, other=-1)
-    offs_k = tl.arange(0, BLOCK_K)
 
     tiles_per_split = tl.cdiv(tl.cdiv(V, BLOCK_N), SPLIT_V)
     v_begin = pid_s * tiles_per_split * BLOCK_N
@@ -47,16 +46,8 @@ def _lm_lse_fwd_kernel(X, W, Rows, Count, Labels, PartLse, PartTgt, T, V, H,
         offs_v = v0 + tl.arange(0, BLOCK_N)
         mask_v = offs_v < v_end
         w_base = W + offs_v[None, :].to(tl.int64) * stride_wv
-        acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-        for k0 in range(0, H, BLOCK_K):
-            kk = k0 + offs_k
-            if EVEN_K:
-                x = tl.load(x_base + kk[None, :] * stride_xh, mask=mask_m[:, None], other=0.0)
-                w = tl.load(w_base + kk[:, None] * stride_wh, mask=mask_v[None, :], other=0.0)
-            else:
-                x = tl.load(x_base + kk[None, :] * stride_xh, mask=mask_m[:, None] & (kk[None, :] < H), other=0.0)
-                w = tl.load(w_base + kk[:, None] * stride_wh, mask=mask_v[None, :] & (kk[:, None] < H), other=0.0)
-            acc = dot_acc(x, w, acc, DOT_PRECISION)
+        acc = logits_tile(x_base, w_base, mask_m, mask_v, H, stride_xh, stride_wh, DOT_PRECISION,
+                          BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K)
         acc = tl.where(mask_v[None, :], acc, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(acc, 1))
         s_i = s_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(acc - m_new[:, None]), 1)

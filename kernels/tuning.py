@@ -20,6 +20,27 @@ def dot_acc(a, b, acc, DOT_PRECISION: tl.constexpr):
     return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
 
 
+@triton.jit
+def logits_tile(x_base, w_base, mask_rows, mask_cols, H, stride_xh, stride_wh, DOT_PRECISION: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+    """fp32 [BLOCK_M, BLOCK_N] tile of X[rows] @ W[cols].T over the full hidden size (inlined by Triton).
+
+    x_base: [BLOCK_M, 1] row pointers into X; w_base: [1, BLOCK_N] column pointers into W.
+    """
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for k0 in range(0, H, BLOCK_K):
+        kk = k0 + offs_k
+        if EVEN_K:
+            x = tl.load(x_base + kk[None, :] * stride_xh, mask=mask_rows[:, None], other=0.0)
+            w = tl.load(w_base + kk[:, None] * stride_wh, mask=mask_cols[None, :], other=0.0)
+        else:
+            x = tl.load(x_base + kk[None, :] * stride_xh, mask=mask_rows[:, None] & (kk[None, :] < H), other=0.0)
+            w = tl.load(w_base + kk[:, None] * stride_wh, mask=mask_cols[None, :] & (kk[:, None] < H), other=0.0)
+        acc = dot_acc(x, w, acc, DOT_PRECISION)
+    return acc
+
+
 def tile_configs(cuda_tiles, interpret_tile):
     """`triton.Config`s from (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) tuples.
 
