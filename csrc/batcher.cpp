@@ -64,7 +64,7 @@ void Batcher::run_batch(int worker, TakenBatch& batch) {
     done[i].id = batch.requests[i].id;
     done[i].error = error;
   }
-  stats_.on_batch(n, static_cast<int>(batch.reason), waits_us, run_us, error.empty());
+  stats_.on_batch(n, batch.reason, batch.padded_up, waits_us, run_us, error.empty());
   done_.push(std::move(done));
 }
 

@@ -107,6 +107,10 @@ PYBIND11_MODULE(_runtime, m) {
           },
           py::arg("timeout_ms"),
           "Completions as (id, reward, log_sigma, error or None); [] on timeout; None once closed and drained.")
+      .def("flush", [](jrm::Runtime& rt) {
+             py::gil_scoped_release release;
+             rt.flush();
+           }, "Close the open batches now: every request queued so far is due without waiting for max_delay.")
       .def("close", [](jrm::Runtime& rt, bool drain) {
              py::gil_scoped_release release;
              rt.close(drain);
@@ -122,7 +126,9 @@ PYBIND11_MODULE(_runtime, m) {
         d["batches"] = s.batches;
         d["closed_full"] = s.closed_full;
         d["closed_delay"] = s.closed_delay;
+        d["closed_flush"] = s.closed_flush;
         d["closed_drain"] = s.closed_drain;
+        d["padded_up"] = s.padded_up;
         d["mean_batch_size"] = s.mean_batch_size;
         d["max_batch_size_seen"] = s.max_batch_size_seen;
         d["queue_size"] = s.queue_size;

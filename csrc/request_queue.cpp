@@ -4,11 +4,20 @@
 
 namespace jrm {
 
-RequestQueue::RequestQueue(int num_buckets, int64_t max_batch, int64_t max_delay_us, int64_t max_queue)
-    : buckets_(num_buckets),
+RequestQueue::RequestQueue(const std::vector<BucketSpec>& buckets, int64_t max_batch, int64_t max_delay_us,
+                           int64_t max_queue)
+    : buckets_(buckets.size()),
+      same_image_(buckets.size()),
       max_batch_(max_batch),
       max_delay_(std::chrono::microseconds(max_delay_us)),
-      max_queue_(max_queue) {}
+      max_queue_(max_queue) {
+  for (size_t b = 0; b < buckets.size(); ++b) {
+    text_len_.push_back(buckets[b].text_len);
+    for (size_t o = 0; o < buckets.size(); ++o) {
+      if (buckets[o].image_size == buckets[b].image_size) same_image_[b].push_back(static_cast<int>(o));
+    }
+  }
+}
 
 void RequestQueue::push(Request&& request) {
   std::unique_lock<std::mutex> lock(mutex_);
@@ -25,6 +34,14 @@ void RequestQueue::push(Request&& request) {
   if (n == 1 || n == max_batch_) ready_.notify_one();
 }
 
+void RequestQueue::flush() {
+  {
+    std::unique_lock<std::mutex> lock(mutex_);
+    flushed_ = Clock::now();
+  }
+  ready_.notify_all();
+}
+
 std::optional<TakenBatch> RequestQueue::take() {
   std::unique_lock<std::mutex> lock(mutex_);
   while (true) {
@@ -39,26 +56,39 @@ std::optional<TakenBatch> RequestQueue::take() {
       const auto first = q.front().enqueued;
       const bool full = static_cast<int64_t>(q.size()) >= max_batch_;
       const bool due = first + max_delay_ <= now;
+      const bool flushed = first <= flushed_;
       // Among the buckets that may close, serve the one whose first request has waited longest.
-      if ((full || due || closed_) && first < oldest) {
+      if ((full || due || flushed || closed_) && first < oldest) {
         pick = b;
         oldest = first;
-        reason = full ? CloseReason::kFull : (due ? CloseReason::kDelay : CloseReason::kDrain);
+        reason = full      ? CloseReason::kFull
+                 : due     ? CloseReason::kDelay
+                 : flushed ? CloseReason::kFlush
+                           : CloseReason::kDrain;
       }
       next_deadline = std::min(next_deadline, first + max_delay_);
     }
     if (pick >= 0) {
-      auto& q = buckets_[pick];
       TakenBatch batch;
       batch.bucket = pick;
       batch.reason = reason;
-      const int64_t n = std::min<int64_t>(max_batch_, static_cast<int64_t>(q.size()));
-      batch.requests.reserve(n);
-      for (int64_t i = 0; i < n; ++i) {
-        batch.requests.push_back(std::move(q.front()));
-        q.pop_front();
+      // A full bucket runs alone; an early batch fills its room from every text bucket of its image size.
+      const std::vector<int> own{pick};
+      const std::vector<int>& sources = reason == CloseReason::kFull ? own : same_image_[pick];
+      while (static_cast<int64_t>(batch.requests.size()) < max_batch_) {
+        int from = -1;
+        for (int b : sources) {
+          if (!buckets_[b].empty() && (from < 0 || buckets_[b].front().enqueued < buckets_[from].front().enqueued)) {
+            from = b;
+          }
+        }
+        if (from < 0) break;
+        if (text_len_[from] > text_len_[batch.bucket]) batch.bucket = from;
+        batch.requests.push_back(std::move(buckets_[from].front()));
+        buckets_[from].pop_front();
       }
-      size_ -= n;
+      for (const auto& r : batch.requests) batch.padded_up += r.bucket != batch.bucket;
+      size_ -= static_cast<int64_t>(batch.requests.size());
       // Another batch may already be ready; let an idle worker look.
       if (size_ > 0) ready_.notify_one();
       return batch;

@@ -56,7 +56,7 @@ std::unique_ptr<Backend> make_backend(const RuntimeConfig& c) {
 Runtime::Runtime(RuntimeConfig config)
     : config_(validated(std::move(config))),
       backend_(make_backend(config_)),
-      queue_(static_cast<int>(config_.buckets.size()), config_.max_batch, config_.max_delay_us, config_.max_queue) {
+      queue_(config_.buckets, config_.max_batch, config_.max_delay_us, config_.max_queue) {
   batcher_ = std::make_unique<Batcher>(config_, *backend_, queue_, completions_, stats_);
 }
 

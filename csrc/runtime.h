@@ -35,6 +35,9 @@ class Runtime {
   // argument and the rule), QueueFull at max_queue, QueueClosed after close.
   void submit(int64_t id, const ArrayArg& source, const ArrayArg& edited, const ArrayArg& text_ids);
 
+  // Every request queued so far is due now (a caller that waits for its own requests need not wait max_delay).
+  void flush() { queue_.flush(); }
+
   std::optional<std::vector<Completion>> wait_completions(int64_t timeout_ms);
 
   // drain=true answers every queued request first; drain=false fails them. Idempotent.

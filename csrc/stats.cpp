@@ -23,12 +23,19 @@ Percentiles SampleWindow::percentiles() const {
   return p;
 }
 
-void Stats::on_batch(int64_t size, int reason, const std::vector<double>& waits_us, double run_us, bool ok) {
+void Stats::on_batch(int64_t size, CloseReason reason, int64_t padded_up, const std::vector<double>& waits_us,
+                     double run_us, bool ok) {
   std::lock_guard<std::mutex> g(mutex_);
   ++s_.batches;
   batched_requests_ += size;
   s_.max_batch_size_seen = std::max(s_.max_batch_size_seen, size);
-  (reason == 0 ? s_.closed_full : reason == 1 ? s_.closed_delay : s_.closed_drain) += 1;
+  switch (reason) {
+    case CloseReason::kFull: ++s_.closed_full; break;
+    case CloseReason::kDelay: ++s_.closed_delay; break;
+    case CloseReason::kFlush: ++s_.closed_flush; break;
+    case CloseReason::kDrain: ++s_.closed_drain; break;
+  }
+  s_.padded_up += padded_up;
   (ok ? s_.completed : s_.failed) += size;
   for (double w : waits_us) queue_wait_.add(w);
   run_.add(run_us);

@@ -6,6 +6,8 @@
 #include <mutex>
 #include <vector>
 
+#include "types.h"
+
 namespace jrm {
 
 struct Percentiles {
@@ -19,7 +21,8 @@ struct StatsSnapshot {
   int64_t rejected = 0;   // refused by submit: queue full
   int64_t invalid = 0;    // refused by submit: bad input
   int64_t batches = 0;
-  int64_t closed_full = 0, closed_delay = 0, closed_drain = 0;  // why each batch closed
+  int64_t closed_full = 0, closed_delay = 0, closed_flush = 0, closed_drain = 0;  // why each batch closed
+  int64_t padded_up = 0;  // requests run in a longer text bucket than their own, riding in an early batch
   double mean_batch_size = 0;
   int64_t max_batch_size_seen = 0;
   int64_t queue_size = 0, max_queue_size_seen = 0;
@@ -46,7 +49,8 @@ class Stats {
   void on_rejected() { std::lock_guard<std::mutex> g(mutex_); ++s_.rejected; }
   void on_invalid() { std::lock_guard<std::mutex> g(mutex_); ++s_.invalid; }
   void on_failed(int64_t n) { std::lock_guard<std::mutex> g(mutex_); s_.failed += n; }
-  void on_batch(int64_t size, int reason, const std::vector<double>& waits_us, double run_us, bool ok);
+  void on_batch(int64_t size, CloseReason reason, int64_t padded_up, const std::vector<double>& waits_us,
+                double run_us, bool ok);
   StatsSnapshot snapshot() const;
 
  private:

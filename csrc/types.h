@@ -41,6 +41,10 @@ struct Request {
   Clock::time_point enqueued;
 };
 
+// Why a batch closed: it held max_batch requests, its first request waited max_delay, a caller flushed the
+// queue (it has submitted everything it will wait for), or the runtime is closing with drain.
+enum class CloseReason { kFull, kDelay, kFlush, kDrain };
+
 struct Completion {
   int64_t id = 0;
   float reward = 0.f;

@@ -3,40 +3,16 @@
 Requests from any number of Python threads are validated, copied and queued by C++ with the GIL released;
 worker threads close a batch when it holds `max_batch` requests or `max_delay_ms` after its first request, pad
 it to its text-length bucket, run it on the engine (AOTInductor package, or TensorRT plan where built) and
-answer each request's `concurrent.futures.Future`. Inputs are already preprocessed: uint8 pixels at the engine's
+answer each request's `concurrent.futures.Future`. A batch that closes before it is full also takes the shorter
+waiting requests of the same image size, padded up to its longest, and `score` closes the open batches as soon as
+its requests are queued instead of waiting `max_delay_ms`. Inputs are already preprocessed: uint8 pixels at the engine's
 image size and int64 instruction token ids (tokenisation and resizing stay in `jrm_engine.scoring`).
 
     with RuntimeScorer.load("out/manifest.json", max_batch=32, max_delay_ms=2) as rt:
         fut = rt.submit(source_pixels, edited_pixels, text_ids)  # (S,S,3) uint8, (S,S,3) uint8, (n,) int64
         reward = fut.result()
 
-Runtime manifest (JSON, written by `jrm-export` next to the engine files; relative paths are relative to it):
-
-    {
-      "format": "jrm-runtime-manifest", "version": 1,
-      "backend": "aoti",                 # "aoti" (.pt2 from aoti_compile_and_package) | "tensorrt" (.plan)
-      "device": "cpu",                   # device type the engines were compiled for: "cpu" | "cuda"
-      "image_size": 448,                 # S of source_pixels / edited_pixels (S, S, 3) uint8
-      "max_batch": 32,                   # largest batch every engine accepts (its batch Dim max)
-      "vocab_size": 151936,              # text_ids must lie in [0, vocab_size)
-      "inputs": ["source_pixels", "edited_pixels", "text_ids", "text_lengths"],   # the contract, this order
-      "outputs": ["rewards"],            # or ["rewards", "log_sigma"]; float32 [B] each
-      "buckets": [                       # text-length buckets, each with the engine that runs it
-        {"text_len": 64,  "package": "score.pt2", "sha256": "..."},              # sha256 optional, checked
-        {"text_len": 128, "package": "score.pt2"}                                 # buckets may share a file
-      ],
-      "torch_version": "2.11.0",         # aoti: torch that compiled the package (major.minor must match)
-      "tensorrt_version": "10.9.0",      # tensorrt: TensorRT that built the plans (must match exactly)
-      "compute_capability": "9.0",       # tensorrt, and aoti on cuda: GPU the engines were built for
-      "checkpoint_sha256": "..."         # optional provenance; compared when load(expect=...) names it
-    }
-
-Other fields (jrm-export adds pad_id, settings, dtype, ...) are kept in `Manifest.fields` and otherwise ignored,
-except pad_id, which must be 0: the runtime right-pads text_ids with 0 as the contract says.
-
-A bucket may also carry its own "image_size" (default: the top-level one): requests are bucketed by image size
-and text length. One package per bucket (static text length) or one package with a dynamic text length shared
-by all buckets are both fine; each distinct file is loaded once.
+The engine files and their manifest: `jrm_engine.runtime_manifest`.
 
 Known issue (CUDA, unresolved and unverified on a GPU):
 On an H100 (torch 2.11.0+cu130; extension built there with `pip install --no-build-isolation --no-deps --target
@@ -74,12 +50,13 @@ import threading
 import weakref
 import zipfile
 from concurrent.futures import Future, InvalidStateError, wait, FIRST_COMPLETED
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch  # before _runtime: loads the libtorch it links, even where its build-time RPATH is stale
+
+from .runtime_manifest import CONTRACT_INPUTS, Bucket, Manifest  # noqa: F401  (Manifest and Bucket re-exported)
 
 
 def _load_extension():
@@ -126,74 +103,12 @@ def _find_extension():
 
 _runtime = _load_extension()
 
-MANIFEST_FORMAT = "jrm-runtime-manifest"
-CONTRACT_INPUTS = ["source_pixels", "edited_pixels", "text_ids", "text_lengths"]
-
 QueueFullError = _runtime.QueueFullError
 RuntimeClosedError = _runtime.RuntimeClosedError
 
 
 class BatchError(RuntimeError):
     """The engine failed on the batch this request was in (the message says which batch and why)."""
-
-
-@dataclass(frozen=True)
-class Bucket:
-    image_size: int
-    text_len: int
-    package: Path
-    sha256: str | None
-
-
-@dataclass(frozen=True)
-class Manifest:
-    path: Path
-    backend: str
-    device: str
-    image_size: int
-    max_batch: int
-    vocab_size: int
-    outputs: list[str]
-    buckets: list[Bucket]
-    fields: dict[str, Any]  # the whole JSON, for provenance checks
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Manifest":
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"runtime manifest {path}: no such file")
-        d = json.loads(path.read_text())
-
-        def field(name: str, kind: type) -> Any:
-            if name not in d:
-                raise ValueError(f"runtime manifest {path}: missing field {name!r}")
-            if not isinstance(d[name], kind):
-                raise ValueError(f"runtime manifest {path}: field {name!r} must be {kind.__name__}, got {d[name]!r}")
-            return d[name]
-
-        if d.get("format") != MANIFEST_FORMAT or d.get("version") != 1:
-            raise ValueError(f"runtime manifest {path}: format/version must be {MANIFEST_FORMAT!r}/1, "
-                             f"got {d.get('format')!r}/{d.get('version')!r}")
-        if field("inputs", list) != CONTRACT_INPUTS:
-            raise ValueError(f"runtime manifest {path}: field 'inputs' must be {CONTRACT_INPUTS}, got {d['inputs']}")
-        if field("outputs", list) not in (["rewards"], ["rewards", "log_sigma"]):
-            raise ValueError(f"runtime manifest {path}: field 'outputs' must be [rewards] or [rewards, log_sigma]")
-        if d.get("pad_id", 0) != 0:
-            raise ValueError(f"runtime manifest {path}: field 'pad_id' is {d['pad_id']}, the runtime pads with 0")
-        image_size = field("image_size", int)
-        buckets = []
-        for i, b in enumerate(field("buckets", list)):
-            if not isinstance(b, dict) or not isinstance(b.get("text_len"), int) or not b.get("package"):
-                raise ValueError(f"runtime manifest {path}: buckets[{i}] needs an int 'text_len' and a 'package'")
-            package = (path.parent / b["package"]).resolve()
-            if not package.is_file():
-                raise FileNotFoundError(f"runtime manifest {path}: buckets[{i}] package {package}: no such file")
-            buckets.append(Bucket(int(b.get("image_size", image_size)), b["text_len"], package, b.get("sha256")))
-        if not buckets:
-            raise ValueError(f"runtime manifest {path}: field 'buckets' is empty")
-        return cls(path=path, backend=field("backend", str), device=field("device", str), image_size=image_size,
-                   max_batch=field("max_batch", int), vocab_size=field("vocab_size", int), outputs=d["outputs"],
-                   buckets=buckets, fields=d)
 
 
 class RuntimeScorer:
@@ -270,7 +185,10 @@ class RuntimeScorer:
     def score(self, sources: Sequence, edited: Sequence, text_ids: Sequence, *,
               return_log_sigma: bool = False):
         """Score many requests (batched with every other thread's); returns rewards (N,) float32, or
-        (rewards, log_sigma). Waits for queue room when its own earlier requests hold the queue full."""
+        (rewards, log_sigma). Waits for queue room when its own earlier requests hold the queue full.
+
+        Once all are queued it flushes: the open batches close now rather than `max_delay_ms` after their first
+        request, since this caller has nothing more to add and waits for them."""
         if not len(sources) == len(edited) == len(text_ids):
             raise ValueError(f"sources, edited and text_ids differ in length: "
                              f"{len(sources)}, {len(edited)}, {len(text_ids)}")
@@ -284,7 +202,9 @@ class RuntimeScorer:
                     waiting = [f for f in futures if not f.done()]
                     if not waiting:
                         raise
+                    self.flush()  # its own queued requests are all it waits for
                     wait(waiting, return_when=FIRST_COMPLETED)
+        self.flush()
         results = [f.result() for f in futures]
         if return_log_sigma:
             pairs = np.asarray(results, dtype=np.float32).reshape(len(results), 2)
@@ -296,6 +216,10 @@ class RuntimeScorer:
         Each candidate is an independent request here; the prefix-sharing group graph is jrm_engine.export's."""
         n = len(edited_list)
         return self.score([source] * n, edited_list, [text_ids] * n, return_log_sigma=return_log_sigma)
+
+    def flush(self) -> None:
+        """Close the open batches now: for a caller that has submitted everything it is about to wait for."""
+        self._rt.flush()
 
     def run_batch(self, source_pixels, edited_pixels, text_ids, text_lengths):
         """The scoring-graph contract (padded batch arrays or CPU tensors) -> (rewards [B], log_sigma [B] or None).
@@ -313,8 +237,9 @@ class RuntimeScorer:
         return self.score(source, edited, rows), None
 
     def stats(self) -> dict[str, Any]:
-        """Counters: requests, completed, failed, rejected, invalid, batches (and why each closed), mean batch
-        size, queue size (now and the most seen), queue-wait and run-time percentiles in microseconds."""
+        """Counters: requests, completed, failed, rejected, invalid, batches (and why each closed: full, delay,
+        flush, drain), padded_up (requests run in a longer text bucket than their own), mean batch size, queue
+        size (now and the most seen), queue-wait and run-time percentiles in microseconds."""
         return self._rt.stats()
 
     def close(self, drain: bool = True) -> None:

@@ -118,19 +118,50 @@ def test_batch_closes_at_max_delay_after_its_first_request(toy_engine):
         stats = rt.stats()
     # Closing `delay` after the *last* request would take 0.5 s.
     assert delay <= elapsed < delay + 0.15, elapsed
-    assert stats["batches"] == 2 and stats["closed_delay"] == 2 and stats["max_batch_size_seen"] == 2
+    # The warm-up's batch closed by score()'s flush, the two submitted requests' batch by the delay.
+    assert stats["batches"] == 2 and stats["closed_flush"] == 1 and stats["closed_delay"] == 1
+    assert stats["max_batch_size_seen"] == 2
 
 
-def test_requests_are_bucketed_by_text_length(toy_engine):
+def test_full_batches_keep_to_their_text_bucket(toy_engine):
     manifest, module = toy_engine
     rng = np.random.default_rng(3)
+    lengths = [2, 17, 8, 32, 3, 30]  # buckets 8, 32, 8, 32, 8, 32: each fills a batch of 3
+    requests = [make_request(rng, n) for n in lengths]
+    with RuntimeScorer.load(manifest, max_batch=3, max_delay_ms=60_000) as rt:
+        got = [f.result(timeout=20) for f in [rt.submit(*r) for r in requests]]
+        stats = rt.stats()
+    assert stats["batches"] == 2 and stats["closed_full"] == 2 and stats["padded_up"] == 0
+    assert_close(got, [truth(module, r) for r in requests], "bucketed")
+
+
+def test_an_early_batch_takes_shorter_requests_padded_up(toy_engine):
+    manifest, module = toy_engine
+    rng = np.random.default_rng(5)
     lengths = [2, 8, 9, 16, 17, 32, 3, 12, 30]  # buckets 8, 8, 16, 16, 32, 32, 8, 16, 32
     requests = [make_request(rng, n) for n in lengths]
     with RuntimeScorer.load(manifest, max_batch=MAX_BATCH, max_delay_ms=200) as rt:
-        got = rt.score(*zip(*requests))
+        futures = [rt.submit(*r) for r in requests]
+        got = [f.result(timeout=20) for f in futures]  # closed by the delay: no flush
         stats = rt.stats()
-    assert stats["batches"] == 3 and stats["closed_delay"] == 3 and stats["max_batch_size_seen"] == 3
-    assert_close(got, [truth(module, r) for r in requests], "bucketed")
+    # One engine call padded to 32 tokens instead of one per bucket; six requests came from shorter buckets.
+    assert stats["batches"] == 1 and stats["closed_delay"] == 1 and stats["padded_up"] == 6
+    assert_close(got, [truth(module, r) for r in requests], "padded up")
+
+
+def test_score_flushes_instead_of_waiting_for_the_delay(toy_engine):
+    manifest, module = toy_engine
+    rng = np.random.default_rng(6)
+    requests = [make_request(rng, n) for n in (4, 20, 7)]
+    got = []
+    with RuntimeScorer.load(manifest, max_batch=MAX_BATCH, max_delay_ms=600_000) as rt:
+        caller = threading.Thread(target=lambda: got.extend(rt.score(*zip(*requests))), daemon=True)
+        caller.start()
+        caller.join(timeout=30)  # the delay is 10 minutes: only the flush can close this batch
+        assert not caller.is_alive(), "score() waited for max_delay instead of flushing"
+        stats = rt.stats()
+    assert stats["batches"] == 1 and stats["closed_flush"] == 1 and stats["closed_delay"] == 0
+    assert_close(got, [truth(module, r) for r in requests], "flushed")
 
 
 def test_full_queue_rejects_with_an_error_naming_the_limit(toy_engine):

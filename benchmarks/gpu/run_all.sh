@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call: joint-loss kernels vs peers, scoring graph vs Hugging Face, then the C++ runtime on the
-# AOTInductor package the scoring run compiles. Results land in $OUT (copy them to benchmarks/results/).
+# AOTInductor package the scoring run compiles (benchmarks/gpu/runtime_session.sh, which checks a tiny package
+# first). Results land in $OUT (copy them to benchmarks/results/).
 # Peers (Liger, CCE) come from wheels carried in .whl/ (see ../shared/bench/README.md).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -10,7 +11,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
   && export PYTHONPATH=/tmp/site
 # The C++ runtime builds on the CPU cores while the GPU runs the first two parts.
-(nice python3 -m pip install -q --no-build-isolation --no-deps --target /tmp/jrm . > "$OUT/runtime-build.log" 2>&1) &
+(nice python3 -m pip install -q --upgrade --no-build-isolation --no-deps --target /tmp/jrm . \
+  > "$OUT/runtime-build.log" 2>&1) &
 BUILD=$!
 export PYTHONUNBUFFERED=1
 if [ -z "${JRM_SKIP_LOSS:-}" ]; then
@@ -21,12 +23,5 @@ timeout 330 python3 benchmarks/gpu/scoring.py --no-compile --budget-s 120 --aoti
   | tee "$OUT/scoring.log" | tail -30
 echo "== scoring done at $(elapsed) s"
 wait $BUILD; echo "runtime build rc=$?"
-LEFT=$(( ${JRM_GPU_LIMIT_S:-560} - $(elapsed) ))
-MANIFEST=$(ls /tmp/aoti/*.manifest.json 2>/dev/null | head -1)
-if [ -n "$MANIFEST" ] && [ "$LEFT" -gt 45 ]; then
-  PYTHONPATH=/tmp/jrm:${PYTHONPATH:-} timeout $(( LEFT - 5 )) python3 benchmarks/gpu/runtime.py --manifest "$MANIFEST" \
-    2>&1 | tee "$OUT/runtime.log" | tail -25
-else
-  echo "runtime benchmark skipped: manifest=${MANIFEST:-none}, ${LEFT} s left"
-fi
+JRM_AOTI_DIR=/tmp/aoti JRM_GPU_LIMIT_S=$(( ${JRM_GPU_LIMIT_S:-560} - $(elapsed) )) bash benchmarks/gpu/runtime_session.sh
 echo "== all done at $(elapsed) s"

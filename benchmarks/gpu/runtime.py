@@ -2,14 +2,19 @@
 
     python benchmarks/gpu/runtime.py --manifest OUT/scorer.manifest.json [--package OUT/scorer.pt2] [--device cuda]
 
-Needs the extension built on this machine against its torch (`pip install --no-build-isolation -e .`) and a
+Needs the extension built on this machine against its torch (`pip install --no-build-isolation .`) and a
 package compiled by that torch (`jrm-export ... --aoti`, which writes the manifest). Writes
 `$OUT/<gpu>-runtime.json` (or `--out`) and prints a short table last. Measures, with random inputs at the engine's
 image size and mixed text lengths:
   - direct: the package called from Python at batch 1 (latency) and at max_batch (the offline figure);
   - runtime: 1, 8 and 64 closed-loop client threads (each submits one request and waits for it);
-  - runtime_full_batches: max_batch-sized bursts, so every batch is full (overhead vs direct at max_batch).
+  - runtime_full_batches: max_batch-sized bursts through `score` (one batch each, padded to the longest request,
+    as the direct call pads it), the overhead against direct at max_batch.
 Inputs start on the host as uint8/int64 arrays in every case, so each figure includes the host-to-device copy.
+
+The two parts run in separate processes: a crash in one (the report records its exit status and last stage)
+leaves the other's figures, and neither inherits the other's threads. On a small CPU that matters: an OpenMP
+team left by the direct calls in the main thread slowed the runtime's worker thread by a third on 2 cores.
 Progress lines ("stage: ...") go to stderr as each step starts, and a crash prints every thread's Python stack
 (faulthandler), so a run that dies says where.
 """
@@ -21,7 +26,10 @@ import json
 import os
 import platform
 import re
+import signal
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -88,7 +96,140 @@ def gpu_slug(device: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
+class Setup:
+    """What both parts share: the manifest (optionally redirected to one package), device and the requests."""
+
+    def __init__(self, args):
+        from jrm_engine.runtime_manifest import Manifest
+
+        manifest = Manifest.load(args.manifest)
+        if args.package:
+            package = Path(args.package).resolve()
+            manifest = Manifest(**{**manifest.__dict__, "buckets": [
+                type(b)(b.image_size, b.text_len, package, None) for b in manifest.buckets]})
+        self.manifest = manifest
+        self.device = args.device or manifest.device
+        self.buckets = sorted({b.text_len for b in manifest.buckets})
+        self.max_batch = manifest.max_batch
+        self.requests = make_requests(max(256, 4 * self.max_batch), manifest.image_size, self.buckets,
+                                      manifest.vocab_size)
+        self.full = [self.requests[i:i + self.max_batch]
+                     for i in range(0, len(self.requests) - self.max_batch + 1, self.max_batch)]
+        self.iters = max(4, args.requests // 8)
+
+
+def measure_direct(setup: Setup, args) -> dict:
+    """The package from Python, one caller at a time (its runner is not meant for concurrent callers)."""
+    package = setup.manifest.buckets[0].package
+    stage(f"loading {package.name} with torch._inductor.aoti_load_package (torch only)")
+    direct = torch._inductor.aoti_load_package(str(package))
+    stage("direct calls (torch only)")
+    lock = threading.Lock()
+
+    def direct_call(batch):
+        with lock:
+            out = direct(*batch_inputs(batch, setup.buckets, setup.device))
+            return out[0].cpu() if isinstance(out, (list, tuple)) else out.cpu()
+
+    for _ in range(3):
+        direct_call(setup.requests[:1]), direct_call(setup.full[0])
+    results = {"direct_batch1": measure_clients(lambda r: direct_call([r]), setup.requests, 1, args.requests)}
+    t0 = time.perf_counter()
+    for i in range(setup.iters):
+        direct_call(setup.full[i % len(setup.full)])
+    wall = time.perf_counter() - t0
+    results[f"direct_batch{setup.max_batch}"] = summarize([wall / setup.iters], wall, setup.iters * setup.max_batch)
+    return results
+
+
+def measure_runtime(setup: Setup, args) -> dict:
+    stage("importing jrm_engine.runtime (loads the C++ extension)")
+    from jrm_engine.runtime import RuntimeScorer
+
+    # The export just wrote and hashed the package; re-hashing gigabytes here would only spend device time.
+    stage(f"starting the C++ runtime on {setup.device}")
+    results = {}
+    with RuntimeScorer(setup.manifest, device=setup.device, max_batch=setup.max_batch,
+                       max_delay_ms=args.max_delay_ms, max_queue=4096, verify_sha256=False) as rt:
+        stage("runtime warm-up")
+        rt.score(*zip(*setup.requests[: 2 * setup.max_batch]))  # warm up every worker
+        for threads in (1, 8, 64):
+            stage(f"runtime, {threads} clients")
+            per_thread = max(2, args.requests * 8 // threads) if threads > 1 else args.requests
+            results[f"runtime_{threads}_clients"] = measure_clients(lambda r: rt.submit(*r).result(),
+                                                                    setup.requests, threads, per_thread)
+        stage("runtime, full batches")
+        t0 = time.perf_counter()
+        bursts = []
+        for i in range(setup.iters):
+            b0 = time.perf_counter()
+            rt.score(*zip(*setup.full[i % len(setup.full)]))
+            bursts.append(time.perf_counter() - b0)
+        results["runtime_full_batches"] = summarize(bursts, time.perf_counter() - t0, setup.iters * setup.max_batch)
+        results["runtime_stats"] = rt.stats()
+    return results
+
+
+PARTS = {"direct": measure_direct, "runtime": measure_runtime}
+
+
+def run_part_in_subprocess(part: str, argv: list[str], folder: Path) -> dict:
+    """One part in a fresh interpreter; its figures, or how it died."""
+    out = folder / f"{part}.json"
+    stage(f"part '{part}' in a subprocess")
+    proc = subprocess.run([sys.executable, "-X", "faulthandler", __file__, *argv, "--part", part,
+                           "--part-out", str(out)])
+    if proc.returncode == 0 and out.is_file():
+        return json.loads(out.read_text())
+    died = (f"signal {signal.Signals(-proc.returncode).name}" if proc.returncode < 0
+            else f"exit status {proc.returncode}")
+    print(f"part '{part}' failed: {died} (its last 'stage:' line above says where)", file=sys.stderr, flush=True)
+    return {f"{part}_failed": died}
+
+
+def build_report(setup: Setup, args, results: dict) -> dict:
+    report = {
+        "benchmark": "runtime", "device": setup.device, "gpu": gpu_slug(setup.device), "torch": torch.__version__,
+        "cuda": torch.version.cuda, "python": platform.python_version(),
+        "manifest": str(Path(args.manifest).resolve()), "image_size": setup.manifest.image_size,
+        "buckets": setup.buckets, "max_batch": setup.max_batch, "max_delay_ms": args.max_delay_ms,
+        "dtype": setup.manifest.fields.get("dtype"), "results": results,
+        "targets": {"overhead_at_full_batch_pct": "<= 5", "single_request_p50_ms": "<= 25",
+                    "clients64_vs_offline_pct": ">= 90"},
+    }
+    direct_full = results.get(f"direct_batch{setup.max_batch}", {}).get("candidates_per_s")
+    if direct_full and "runtime_full_batches" in results:
+        report["summary"] = {
+            "overhead_at_full_batch_pct": round(
+                100 * (direct_full / results["runtime_full_batches"]["candidates_per_s"] - 1), 2),
+            "single_request_p50_ms": results["runtime_1_clients"]["p50_ms"],
+            "clients64_vs_offline_pct": round(100 * results["runtime_64_clients"]["candidates_per_s"] / direct_full, 1),
+        }
+    return report
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def print_table(report: dict, path: Path) -> None:
+    print(f"\nruntime benchmark on {report['gpu']} ({report['device']}), image {report['image_size']}, "
+          f"max_batch {report['max_batch']}, wrote {path}")
+    print(f"{'case':<26}{'cand/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+    for name, r in report["results"].items():
+        if isinstance(r, dict) and "candidates_per_s" in r:
+            print(f"{name:<26}{r['candidates_per_s']:>10.1f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}")
+        elif isinstance(r, str):
+            print(f"{name:<26}{r}")
+    for name, value in report.get("summary", {}).items():
+        print(f"{name:<34}{value:>10}   target {report['targets'][name]}")
+
+
 def main(argv=None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--manifest", required=True, help="runtime manifest written by jrm-export")
     p.add_argument("--package", help="engine file to use for every bucket instead of the manifest's")
@@ -96,97 +237,28 @@ def main(argv=None) -> dict:
     p.add_argument("--requests", type=int, default=64, help="requests per client thread count (scaled down for 64)")
     p.add_argument("--max-delay-ms", type=float, default=2.0)
     p.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
+    p.add_argument("--part", choices=("all", *PARTS), default="all",
+                   help="all (default): each part in its own process, then the report")
+    p.add_argument("--part-out", help=argparse.SUPPRESS)  # where a subprocess part writes its figures
     args = p.parse_args(argv)
     faulthandler.enable()
+    stage(f"part {args.part}: setup")
+    setup = Setup(args)
 
-    stage("importing jrm_engine.runtime (loads the C++ extension)")
-    from jrm_engine.runtime import Manifest, RuntimeScorer
-
-    manifest = Manifest.load(args.manifest)
-    if args.package:
-        package = Path(args.package).resolve()
-        manifest = Manifest(**{**manifest.__dict__, "buckets": [
-            type(b)(b.image_size, b.text_len, package, None) for b in manifest.buckets]})
-    device = args.device or manifest.device
-    buckets = sorted({b.text_len for b in manifest.buckets})
-    max_batch = manifest.max_batch
-    requests = make_requests(max(256, 4 * max_batch), manifest.image_size, buckets, manifest.vocab_size)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    results: dict = {}
-
-    # Direct: the package from Python, one caller at a time (its runner is not meant for concurrent callers).
-    stage(f"loading {manifest.buckets[0].package.name} with torch._inductor.aoti_load_package (torch only)")
-    direct = torch._inductor.aoti_load_package(str(manifest.buckets[0].package))
-    stage("direct calls (torch only)")
-    lock = threading.Lock()
-
-    def direct_call(batch):
-        with lock:
-            out = direct(*batch_inputs(batch, buckets, device))
-            return out[0].cpu() if isinstance(out, (list, tuple)) else out.cpu()
-
-    for _ in range(3):
-        direct_call(requests[:1]), direct_call(requests[:max_batch])
-    sync()
-    results["direct_batch1"] = measure_clients(lambda r: direct_call([r]), requests, 1, args.requests)
-    full = [requests[i:i + max_batch] for i in range(0, len(requests) - max_batch + 1, max_batch)]
-    iters = max(4, args.requests // 8)
-    t0 = time.perf_counter()
-    for i in range(iters):
-        direct_call(full[i % len(full)])
-    results[f"direct_batch{max_batch}"] = summarize([(time.perf_counter() - t0) / iters], time.perf_counter() - t0,
-                                                     iters * max_batch)
-
-    # The export just wrote and hashed the package; re-hashing gigabytes here would only spend device time.
-    stage(f"starting the C++ runtime on {device}")
-    with RuntimeScorer(manifest, device=device, max_batch=max_batch, max_delay_ms=args.max_delay_ms,
-                       max_queue=4096, verify_sha256=False) as rt:
-        stage("runtime warm-up")
-        rt.score(*zip(*requests[: 2 * max_batch]))  # warm up every worker
-        for threads in (1, 8, 64):
-            stage(f"runtime, {threads} clients")
-            per_thread = max(2, args.requests * 8 // threads) if threads > 1 else args.requests
-            results[f"runtime_{threads}_clients"] = measure_clients(lambda r: rt.submit(*r).result(), requests,
-                                                                    threads, per_thread)
-        t0 = time.perf_counter()
-        bursts = []
-        for i in range(iters):
-            burst = full[i % len(full)]
-            b0 = time.perf_counter()
-            rt.score(*zip(*burst))
-            bursts.append(time.perf_counter() - b0)
-        results["runtime_full_batches"] = summarize(bursts, time.perf_counter() - t0, iters * max_batch)
-        results["runtime_stats"] = rt.stats()
-
-    direct_full = results[f"direct_batch{max_batch}"]["candidates_per_s"]
-    summary = {
-        "overhead_at_full_batch_pct": round(100 * (direct_full / results["runtime_full_batches"]["candidates_per_s"] - 1), 2),
-        "single_request_p50_ms": results["runtime_1_clients"]["p50_ms"],
-        "clients64_vs_offline_pct": round(100 * results["runtime_64_clients"]["candidates_per_s"] / direct_full, 1),
-    }
-    report = {
-        "benchmark": "runtime", "device": device, "gpu": gpu_slug(device), "torch": torch.__version__,
-        "cuda": torch.version.cuda, "python": platform.python_version(), "manifest": str(Path(args.manifest).resolve()),
-        "image_size": manifest.image_size, "buckets": buckets, "max_batch": max_batch,
-        "max_delay_ms": args.max_delay_ms, "dtype": manifest.fields.get("dtype"), "results": results,
-        "summary": summary, "targets": {"overhead_at_full_batch_pct": "<= 5", "single_request_p50_ms": "<= 25",
-                                        "clients64_vs_offline_pct": ">= 90"},
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{report['gpu']}-runtime.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, path)
-
-    print(f"\nruntime benchmark on {report['gpu']} ({device}), image {manifest.image_size}, max_batch {max_batch}, "
-          f"wrote {path}")
-    print(f"{'case':<26}{'cand/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
-    for name, r in results.items():
-        if name != "runtime_stats":
-            print(f"{name:<26}{r['candidates_per_s']:>10.1f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}")
-    for name, value in summary.items():
-        print(f"{name:<34}{value:>10}   target {report['targets'][name]}")
+    if args.part != "all":
+        results = PARTS[args.part](setup, args)
+        if args.part_out:
+            write_json(Path(args.part_out), results)
+            return results
+    else:
+        with tempfile.TemporaryDirectory() as folder:
+            results = {}
+            for part in PARTS:
+                results.update(run_part_in_subprocess(part, argv, Path(folder)))
+    report = build_report(setup, args, results)
+    path = Path(args.out) / f"{report['gpu']}-runtime.json"
+    write_json(path, report)
+    print_table(report, path)
     return report
 
 

@@ -137,14 +137,18 @@ def main(argv=None) -> int:
                    help="folder for <gpu>-scoring.json (default: $OUT, else benchmarks/results)")
     p.add_argument("--aoti-out", default=None, help="also write an AOTInductor package + manifest here")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    p.add_argument("--aoti-only", action="store_true",
+                   help="with --aoti-out: only the parity check and the package, no timings (for the runtime benchmark)")
     p.add_argument("--budget-s", type=float, default=270.0, help="skip sections that would start after this")
     p.add_argument("--iters", type=int, default=None, help="timed iterations per point (default 10, tiny 3)")
+    p.add_argument("--dtype", choices=("bfloat16", "float32"), default=None,
+                   help="default: bfloat16 on CUDA, float32 on CPU (bfloat16 on CPU checks the bf16 export logic)")
     args = p.parse_args(argv)
 
     start = time.perf_counter()
     shape = TINY if args.tiny else FULL
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    dtype = getattr(torch, args.dtype) if args.dtype else torch.bfloat16 if device.startswith("cuda") else torch.float32
     iters = args.iters or (3 if args.tiny else 10)
     if device == "cpu":
         torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -190,17 +194,18 @@ def main(argv=None) -> int:
           f"group vs independent {parity['group_vs_independent_max_abs_diff']:.3g}", flush=True)
 
     # 2. Independent scoring: HF eager, graph eager.
+    timings = not args.aoti_only
     with torch.no_grad():
         for batch in shape["batches"]:
             inputs = make_inputs(model, batch, text_len, batch, device)
             for name, fn in (("hf_eager", hf_forward), ("graph_eager", None)):
-                if over():
+                if not timings or over():
                     skipped.append(f"{name} batch {batch}")
                     continue
                 call = (lambda: hf_forward(model, *inputs)) if fn else (lambda: graph(*inputs))
                 record(name, "independent", batch, time_it(call, device, 2, iters))
         # 3. Grouped (G candidates, one source + instruction): graph eager.
-        if not over():
+        if timings and not over():
             source, edited, text_ids, lengths = make_inputs(model, g_size, text_len, 99, device)
             call = lambda: group(source[:1], text_ids[:1], lengths[:1], edited)
             record("graph_eager", f"group{g_size}", g_size, time_it(call, device, 2, iters))
@@ -212,7 +217,7 @@ def main(argv=None) -> int:
             skipped.append("group eager")
 
     # 4. torch.compile of the same graph; compile time (first call per shape) reported apart.
-    if not args.no_compile:
+    if timings and not args.no_compile:
         compiled = torch.compile(graph)
         compiled_group = torch.compile(group)
         with torch.no_grad():
@@ -241,7 +246,7 @@ def main(argv=None) -> int:
 
     # 5. Optional AOTInductor package for the C++ runtime benchmark.
     if args.aoti_out:
-        if over():
+        if over() and timings:
             skipped.append("aoti package")
         else:
             from jrm_engine.export.aoti import compile_package
