@@ -1,4 +1,4 @@
-"""The runtime manifest every compiled engine is written with (format: jrm_engine/runtime.py, docs/CONTRIBUTING.md)."""
+"""The runtime manifest every compiled engine is written with (format: jrm_engine/runtime_manifest.py, docs/CONTRIBUTING.md)."""
 from __future__ import annotations
 
 import hashlib

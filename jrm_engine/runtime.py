@@ -36,7 +36,10 @@ Changed as hardening (none of it has run on a GPU):
   3. The extension records the torch it was compiled against, and importing it under another torch
      major.minor fails with an error that names both versions. Otherwise a stale build (for example one found
      through the site-packages fallback when a checkout shadows the install) would load and might crash later.
-  4. The benchmark prints a line as each stage starts and enables faulthandler, so the next run says where it dies.
+  4. The benchmark prints a line as each stage starts, enables faulthandler, and runs the direct calls and the
+     runtime in separate processes, so the next run says where it dies and a crash in one part keeps the other's
+     figures. `benchmarks/gpu/runtime_session.sh` runs a tiny bf16 package on CUDA before the 3B one, to tell a
+     broken CUDA path from a problem of the large package. (The session after the crash was lent no GPU.)
 Untested suspicion: on a CUDA torch, CMake's `torch` target links the CUDA toolkit's libcudart. If the toolkit
 and the torch wheel differ in CUDA major version, the process gets a second CUDA runtime; this code never calls
 it directly.
