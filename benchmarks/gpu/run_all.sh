@@ -23,5 +23,5 @@ timeout 330 python3 benchmarks/gpu/scoring.py --no-compile --budget-s 120 --aoti
   | tee "$OUT/scoring.log" | tail -30
 echo "== scoring done at $(elapsed) s"
 wait $BUILD; echo "runtime build rc=$?"
-JRM_AOTI_DIR=/tmp/aoti JRM_GPU_LIMIT_S=$(( ${JRM_GPU_LIMIT_S:-560} - $(elapsed) )) bash benchmarks/gpu/runtime_session.sh
+JRM_EXT_BUILT=1 JRM_AOTI_DIR=/tmp/aoti JRM_GPU_LIMIT_S=$(( ${JRM_GPU_LIMIT_S:-560} - $(elapsed) )) bash benchmarks/gpu/runtime_session.sh
 echo "== all done at $(elapsed) s"
