@@ -1,21 +1,30 @@
 // TensorRT backend: runs the .plan engines from `jrm-export --trt` (TensorRT 10.x / 11.x, named-tensor API).
-// Compiled only when CMake finds TensorRT (NvInfer.h, libnvinfer) and the CUDA toolkit; it is not built or
-// tested on the project's CI machines, which have neither. The plan's sidecar (TensorRT version, GPU, SHA-256)
-// is checked in jrm_engine/runtime.py before this code deserialises anything.
+// Compiled only when CMake finds TensorRT (NvInfer.h, libnvinfer) and the CUDA toolkit; it is not built or run
+// on the project's CI machines, which have neither (it was compile-checked against the TensorRT 10.7 headers).
+// The plan's sidecar (TensorRT version, GPU, SHA-256) is checked in jrm_engine/runtime.py before this code
+// deserialises anything.
 //
-// Per worker: one CUDA stream, one execution context per engine (a context serves one stream at a time), pinned
-// host staging and device buffers sized for max_batch of the largest bucket, and CUDA graphs captured lazily per
-// (bucket, padded batch size). Batches are padded to a power of two so a handful of graphs covers every size.
+// Per worker: one CUDA stream, pinned host staging and device buffers sized for max_batch of the largest bucket,
+// and one execution context per shape key (bucket, padded batch), created on first use with its shapes and
+// addresses bound once. Batches are padded to a power of two, so a handful of keys covers every size. Each key's
+// context replays a CUDA graph captured after its first enqueue: a graph records the kernels of one shape, and a
+// context's shape state changes only at enqueueV3, so replaying a graph on a context since re-shaped for another
+// key could run with the wrong shape. The contexts of a worker share one scratch allocation
+// (kUSER_MANAGED): they run one at a time on the worker's stream.
 #include <NvInfer.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <fstream>
 #include <iostream>
 #include <iterator>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "backend.h"
 
@@ -26,39 +35,73 @@ void check(cudaError_t status, const char* what) {
   if (status != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(status));
 }
 
+// TensorRT may log from any worker thread; the logger must be thread-safe.
 class Logger final : public nvinfer1::ILogger {
  public:
   void log(Severity severity, nvinfer1::AsciiChar const* msg) noexcept override {
-    if (severity <= Severity::kWARNING) std::cerr << "[jrm tensorrt] " << msg << "\n";
+    if (severity > Severity::kWARNING) return;
+    std::lock_guard<std::mutex> guard(mutex_);
+    std::cerr << "[jrm tensorrt] " << msg << "\n";
   }
-};
 
-struct Engine {
-  std::unique_ptr<nvinfer1::ICudaEngine> engine;
+ private:
+  std::mutex mutex_;
 };
 
 template <typename T>
-T* cuda_malloc(size_t count) {
+T* cuda_malloc(int64_t count) {
   void* p = nullptr;
-  check(cudaMalloc(&p, count * sizeof(T)), "cudaMalloc");
+  check(cudaMalloc(&p, static_cast<size_t>(count) * sizeof(T)), "cudaMalloc");
   return static_cast<T*>(p);
 }
 
 template <typename T>
-T* host_malloc(size_t count) {
+T* host_malloc(int64_t count) {
   void* p = nullptr;
-  check(cudaMallocHost(&p, count * sizeof(T)), "cudaMallocHost");
+  check(cudaMallocHost(&p, static_cast<size_t>(count) * sizeof(T)), "cudaMallocHost");
   return static_cast<T*>(p);
 }
 
+// A context bound to one (bucket, padded batch) shape, and the graph captured from it (null: not capturable).
+struct ShapeKey {
+  std::unique_ptr<nvinfer1::IExecutionContext> context;
+  cudaGraphExec_t graph = nullptr;
+};
+
+// Owns everything it allocates, so a constructor that fails halfway leaks nothing.
 struct Worker {
   cudaStream_t stream = nullptr;
-  std::vector<std::unique_ptr<nvinfer1::IExecutionContext>> contexts;  // one per plan
   HostSlot host;
   uint8_t *d_source = nullptr, *d_edited = nullptr;
   int64_t *d_text_ids = nullptr, *d_text_lengths = nullptr;
   float *d_rewards = nullptr, *d_log_sigma = nullptr;
-  std::map<std::pair<int, int64_t>, cudaGraphExec_t> graphs;  // (bucket, padded batch) -> graph; null = not capturable
+  void* scratch = nullptr;  // device memory shared by this worker's contexts
+  int64_t scratch_bytes = 0;
+  int profile = 0;                     // optimization profile this worker's contexts use
+  std::vector<nvinfer1::ICudaEngine*> engines;  // plan -> the engine (or engine copy) this worker runs
+  std::map<std::pair<int, int64_t>, ShapeKey> keys;
+
+  Worker() = default;
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+  ~Worker() {
+    if (stream) cudaStreamSynchronize(stream);  // nothing of ours may still run when its memory goes
+    for (auto& [key, k] : keys) {
+      if (k.graph) cudaGraphExecDestroy(k.graph);
+    }
+    keys.clear();  // contexts before their engines, which the backend destroys after the workers
+    for (void* p : {static_cast<void*>(host.source), static_cast<void*>(host.edited),
+                    static_cast<void*>(host.text_ids), static_cast<void*>(host.text_lengths),
+                    static_cast<void*>(host.rewards), static_cast<void*>(host.log_sigma)}) {
+      if (p) cudaFreeHost(p);
+    }
+    for (void* p : {static_cast<void*>(d_source), static_cast<void*>(d_edited), static_cast<void*>(d_text_ids),
+                    static_cast<void*>(d_text_lengths), static_cast<void*>(d_rewards),
+                    static_cast<void*>(d_log_sigma), scratch}) {
+      if (p) cudaFree(p);
+    }
+    if (stream) cudaStreamDestroy(stream);
+  }
 };
 
 int64_t padded_batch(int64_t n, int64_t max_batch) {
@@ -67,27 +110,36 @@ int64_t padded_batch(int64_t n, int64_t max_batch) {
   return std::min(p, max_batch);
 }
 
+nvinfer1::Dims dims(std::initializer_list<int64_t> d) {
+  nvinfer1::Dims out{};
+  out.nbDims = static_cast<int32_t>(d.size());
+  int i = 0;
+  for (auto v : d) out.d[i++] = v;
+  return out;
+}
+
 class TensorRTBackend final : public Backend {
  public:
   explicit TensorRTBackend(const RuntimeConfig& config) : config_(config) {
-    device_ = 0;
-    const auto colon = config.device.find(':');
     if (config.device.rfind("cuda", 0) != 0) throw std::invalid_argument("tensorrt backend needs a cuda device, got " + config.device);
+    const auto colon = config.device.find(':');
     if (colon != std::string::npos) device_ = std::stoi(config.device.substr(colon + 1));
     check(cudaSetDevice(device_), "cudaSetDevice");
     runtime_.reset(nvinfer1::createInferRuntime(logger_));
     if (!runtime_) throw std::runtime_error("createInferRuntime failed");
 
     std::map<std::string, int> by_path;
+    std::vector<std::string> plans;  // serialised engines, needed only while workers take their copies
     for (const auto& b : config.buckets) {
       auto it = by_path.find(b.package);
       if (it == by_path.end()) {
-        it = by_path.emplace(b.package, static_cast<int>(plans_.size())).first;
+        it = by_path.emplace(b.package, static_cast<int>(plans.size())).first;
         plan_paths_.push_back(b.package);
-        plans_.push_back(read_file(b.package));
+        plans.push_back(read_file(b.package));
       }
       bucket_plan_.push_back(it->second);
     }
+    engines_.resize(plans.size());
 
     int64_t image_bytes = 0, ids = 0;
     for (const auto& b : config.buckets) {
@@ -95,47 +147,41 @@ class TensorRTBackend final : public Backend {
       ids = std::max(ids, config.max_batch * b.text_len);
     }
     for (int w = 0; w < config.inflight; ++w) {
-      Worker k;
-      check(cudaStreamCreateWithFlags(&k.stream, cudaStreamNonBlocking), "cudaStreamCreate");
-      for (size_t p = 0; p < plans_.size(); ++p) k.contexts.push_back(make_context(p, w, k.stream));
-      k.host = {host_malloc<uint8_t>(image_bytes), host_malloc<uint8_t>(image_bytes), host_malloc<int64_t>(ids),
-                host_malloc<int64_t>(ids),         host_malloc<float>(config.max_batch), host_malloc<float>(config.max_batch)};
-      k.d_source = cuda_malloc<uint8_t>(image_bytes);
-      k.d_edited = cuda_malloc<uint8_t>(image_bytes);
-      k.d_text_ids = cuda_malloc<int64_t>(ids);
-      k.d_text_lengths = cuda_malloc<int64_t>(ids);
-      k.d_rewards = cuda_malloc<float>(config.max_batch);
-      k.d_log_sigma = cuda_malloc<float>(config.max_batch);
+      auto k = std::make_unique<Worker>();
+      check(cudaStreamCreateWithFlags(&k->stream, cudaStreamNonBlocking), "cudaStreamCreate");
+      for (size_t p = 0; p < plans.size(); ++p) assign_engine(*k, p, w, plans[p]);
+      for (auto* e : k->engines) k->scratch_bytes = std::max(k->scratch_bytes, e->getDeviceMemorySizeForProfileV2(k->profile));
+      if (k->scratch_bytes > 0) check(cudaMalloc(&k->scratch, static_cast<size_t>(k->scratch_bytes)), "cudaMalloc scratch");
+      k->host.source = host_malloc<uint8_t>(image_bytes);
+      k->host.edited = host_malloc<uint8_t>(image_bytes);
+      k->host.text_ids = host_malloc<int64_t>(ids);
+      k->host.text_lengths = host_malloc<int64_t>(config.max_batch);
+      k->host.rewards = host_malloc<float>(config.max_batch);
+      k->host.log_sigma = host_malloc<float>(config.max_batch);
+      k->d_source = cuda_malloc<uint8_t>(image_bytes);
+      k->d_edited = cuda_malloc<uint8_t>(image_bytes);
+      k->d_text_ids = cuda_malloc<int64_t>(ids);
+      k->d_text_lengths = cuda_malloc<int64_t>(config.max_batch);
+      k->d_rewards = cuda_malloc<float>(config.max_batch);
+      k->d_log_sigma = cuda_malloc<float>(config.max_batch);
       workers_.push_back(std::move(k));
     }
   }
 
   ~TensorRTBackend() override {
     cudaSetDevice(device_);
-    for (auto& k : workers_) {
-      for (auto& [key, exec] : k.graphs) {
-        if (exec) cudaGraphExecDestroy(exec);
-      }
-      k.contexts.clear();
-      for (void* p : {static_cast<void*>(k.host.source), static_cast<void*>(k.host.edited),
-                      static_cast<void*>(k.host.text_ids), static_cast<void*>(k.host.text_lengths),
-                      static_cast<void*>(k.host.rewards), static_cast<void*>(k.host.log_sigma)}) {
-        cudaFreeHost(p);
-      }
-      for (void* p : {static_cast<void*>(k.d_source), static_cast<void*>(k.d_edited),
-                      static_cast<void*>(k.d_text_ids), static_cast<void*>(k.d_text_lengths),
-                      static_cast<void*>(k.d_rewards), static_cast<void*>(k.d_log_sigma)}) {
-        cudaFree(p);
-      }
-      cudaStreamDestroy(k.stream);
-    }
+    workers_.clear();  // their contexts go before the engines and the runtime (members destroyed after this)
   }
 
-  HostSlot slot(int w) override { return workers_[w].host; }
+  HostSlot slot(int w) override { return workers_[w]->host; }
 
   void run(int w, int bucket, int64_t n) override {
+    if (n < 1 || n > config_.max_batch) {
+      throw std::invalid_argument("batch of " + std::to_string(n) + " outside [1, max_batch=" +
+                                  std::to_string(config_.max_batch) + "]");
+    }
     check(cudaSetDevice(device_), "cudaSetDevice");
-    Worker& k = workers_[w];
+    Worker& k = *workers_[w];
     const auto& spec = config_.buckets[bucket];
     const int64_t s = spec.image_size, len = spec.text_len;
     const int64_t padded = padded_batch(n, config_.max_batch);
@@ -143,28 +189,34 @@ class TensorRTBackend final : public Backend {
     std::fill(k.host.text_ids + n * len, k.host.text_ids + padded * len, int64_t{0});
     std::fill(k.host.text_lengths + n, k.host.text_lengths + padded, int64_t{1});
 
-    const size_t image_bytes = static_cast<size_t>(padded * s * s * 3);
+    const auto image_bytes = static_cast<size_t>(padded * s * s * 3);
     check(cudaMemcpyAsync(k.d_source, k.host.source, image_bytes, cudaMemcpyHostToDevice, k.stream), "copy source");
     check(cudaMemcpyAsync(k.d_edited, k.host.edited, image_bytes, cudaMemcpyHostToDevice, k.stream), "copy edited");
-    check(cudaMemcpyAsync(k.d_text_ids, k.host.text_ids, padded * len * sizeof(int64_t), cudaMemcpyHostToDevice, k.stream), "copy text_ids");
-    check(cudaMemcpyAsync(k.d_text_lengths, k.host.text_lengths, padded * sizeof(int64_t), cudaMemcpyHostToDevice, k.stream), "copy text_lengths");
+    check(cudaMemcpyAsync(k.d_text_ids, k.host.text_ids, static_cast<size_t>(padded * len) * sizeof(int64_t),
+                          cudaMemcpyHostToDevice, k.stream), "copy text_ids");
+    check(cudaMemcpyAsync(k.d_text_lengths, k.host.text_lengths, static_cast<size_t>(padded) * sizeof(int64_t),
+                          cudaMemcpyHostToDevice, k.stream), "copy text_lengths");
 
-    nvinfer1::IExecutionContext& ctx = *k.contexts[bucket_plan_[bucket]];
-    bind(ctx, k, padded, s, len);
     const auto key = std::make_pair(bucket, padded);
-    auto it = k.graphs.find(key);
-    if (it == k.graphs.end()) {
-      // First use of this shape: a plain enqueue flushes TensorRT's deferred shape work, then try to capture.
-      if (!ctx.enqueueV3(k.stream)) throw std::runtime_error("enqueueV3 failed");
-      it = k.graphs.emplace(key, capture(ctx, k.stream)).first;
-    } else if (it->second) {
-      check(cudaGraphLaunch(it->second, k.stream), "cudaGraphLaunch");
-    } else if (!ctx.enqueueV3(k.stream)) {
+    auto it = k.keys.find(key);
+    if (it == k.keys.end()) {
+      ShapeKey fresh;
+      fresh.context = make_context(k, bucket_plan_[bucket]);
+      bind(*fresh.context, k, padded, s, len);
+      // The first enqueue does TensorRT's deferred shape work for this context; capture the next one.
+      if (!fresh.context->enqueueV3(k.stream)) throw std::runtime_error("enqueueV3 failed");
+      fresh.graph = capture(*fresh.context, k.stream);
+      k.keys.emplace(key, std::move(fresh));
+    } else if (it->second.graph) {
+      check(cudaGraphLaunch(it->second.graph, k.stream), "cudaGraphLaunch");
+    } else if (!it->second.context->enqueueV3(k.stream)) {
       throw std::runtime_error("enqueueV3 failed");
     }
-    check(cudaMemcpyAsync(k.host.rewards, k.d_rewards, n * sizeof(float), cudaMemcpyDeviceToHost, k.stream), "copy rewards");
+    check(cudaMemcpyAsync(k.host.rewards, k.d_rewards, static_cast<size_t>(n) * sizeof(float), cudaMemcpyDeviceToHost,
+                          k.stream), "copy rewards");
     if (config_.output_names.size() > 1) {
-      check(cudaMemcpyAsync(k.host.log_sigma, k.d_log_sigma, n * sizeof(float), cudaMemcpyDeviceToHost, k.stream), "copy log_sigma");
+      check(cudaMemcpyAsync(k.host.log_sigma, k.d_log_sigma, static_cast<size_t>(n) * sizeof(float),
+                            cudaMemcpyDeviceToHost, k.stream), "copy log_sigma");
     }
     check(cudaStreamSynchronize(k.stream), "cudaStreamSynchronize");
   }
@@ -176,66 +228,82 @@ class TensorRTBackend final : public Backend {
     return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
   }
 
-  // A context with dynamic shapes needs an optimization profile of its own while it runs: worker w takes
-  // profile w when the plan has enough of them, otherwise it gets its own copy of the engine.
-  std::unique_ptr<nvinfer1::IExecutionContext> make_context(size_t plan, int worker, cudaStream_t stream) {
-    if (engines_.size() <= plan) engines_.resize(plan + 1);
+  // Contexts that may run concurrently need optimization profiles of their own: worker w takes profile
+  // w % profiles of engine copy w / profiles (a plan exported with one profile per worker shares its weights).
+  void assign_engine(Worker& k, size_t plan, int worker, const std::string& blob) {
     auto& copies = engines_[plan];
-    const std::string& blob = plans_[plan];
     auto deserialize = [&] {
       std::unique_ptr<nvinfer1::ICudaEngine> e(runtime_->deserializeCudaEngine(blob.data(), blob.size()));
       if (!e) throw std::runtime_error("deserializeCudaEngine failed for " + plan_paths_[plan]);
-      validate_io(*e);
       return e;
     };
     if (copies.empty()) copies.push_back(deserialize());
     const int profiles = copies.front()->getNbOptimizationProfiles();
-    nvinfer1::ICudaEngine* engine = nullptr;
-    int profile = 0;
-    if (worker < profiles) {
-      engine = copies.front().get();
-      profile = worker;
-    } else {
-      while (static_cast<int>(copies.size()) <= worker) copies.push_back(deserialize());
-      engine = copies[worker].get();
-    }
-    std::unique_ptr<nvinfer1::IExecutionContext> ctx(engine->createExecutionContext());
+    const auto copy = static_cast<size_t>(worker / profiles);
+    while (copies.size() <= copy) copies.push_back(deserialize());
+    k.profile = worker % profiles;
+    validate_io(*copies[copy], plan, k.profile);
+    if (k.engines.size() <= plan) k.engines.resize(plan + 1);
+    k.engines[plan] = copies[copy].get();
+  }
+
+  std::unique_ptr<nvinfer1::IExecutionContext> make_context(Worker& k, int plan) {
+    std::unique_ptr<nvinfer1::IExecutionContext> ctx(
+        k.engines[plan]->createExecutionContext(nvinfer1::ExecutionContextAllocationStrategy::kUSER_MANAGED));
     if (!ctx) throw std::runtime_error("createExecutionContext failed");
-    if (profile != 0 && !ctx->setOptimizationProfileAsync(profile, stream)) {
-      throw std::runtime_error("setOptimizationProfileAsync(" + std::to_string(profile) + ") failed");
+    ctx->setDeviceMemoryV2(k.scratch, k.scratch_bytes);
+    if (k.profile != 0 && !ctx->setOptimizationProfileAsync(k.profile, k.stream)) {
+      throw std::runtime_error("setOptimizationProfileAsync(" + std::to_string(k.profile) + ") failed");
     }
     return ctx;
   }
 
-  void validate_io(const nvinfer1::ICudaEngine& e) const {
+  // The plan must have exactly the contract's tensors, on the device, in its dtypes and ranks, and its profile
+  // must cover every batch and text bucket this runtime will ask for.
+  void validate_io(const nvinfer1::ICudaEngine& e, size_t plan, int profile) const {
     using nvinfer1::DataType;
+    const std::string where = "TensorRT plan " + plan_paths_[plan] + ": ";
+    const size_t expected = config_.input_names.size() + config_.output_names.size();
+    if (e.getNbIOTensors() != static_cast<int32_t>(expected)) {
+      throw std::invalid_argument(where + "has " + std::to_string(e.getNbIOTensors()) + " input/output tensors, the manifest declares " +
+                                  std::to_string(expected));
+    }
     const DataType want[] = {DataType::kUINT8, DataType::kUINT8, DataType::kINT64, DataType::kINT64};
+    const int32_t rank[] = {4, 4, 2, 1};
+    auto on_device = [&](const char* name) {
+      if (e.getTensorLocation(name) != nvinfer1::TensorLocation::kDEVICE || e.isShapeInferenceIO(name)) {
+        throw std::invalid_argument(where + "tensor '" + name + "' is not an ordinary device tensor");
+      }
+    };
     for (size_t i = 0; i < config_.input_names.size(); ++i) {
       const char* name = config_.input_names[i].c_str();
-      if (e.getTensorIOMode(name) != nvinfer1::TensorIOMode::kINPUT) {
-        throw std::invalid_argument(std::string("TensorRT plan has no input tensor '") + name + "'");
-      }
-      if (e.getTensorDataType(name) != want[i]) {
-        throw std::invalid_argument(std::string("TensorRT plan input '") + name + "' has another dtype than the contract");
-      }
+      if (e.getTensorIOMode(name) != nvinfer1::TensorIOMode::kINPUT) throw std::invalid_argument(where + "has no input tensor '" + name + "'");
+      if (e.getTensorDataType(name) != want[i]) throw std::invalid_argument(where + "input '" + name + "' has another dtype than the contract");
+      if (e.getTensorShape(name).nbDims != rank[i]) throw std::invalid_argument(where + "input '" + name + "' has another rank than the contract");
+      on_device(name);
     }
     for (const auto& out : config_.output_names) {
-      if (e.getTensorIOMode(out.c_str()) != nvinfer1::TensorIOMode::kOUTPUT ||
-          e.getTensorDataType(out.c_str()) != DataType::kFLOAT) {
-        throw std::invalid_argument("TensorRT plan has no float32 output tensor '" + out + "'");
+      if (e.getTensorIOMode(out.c_str()) != nvinfer1::TensorIOMode::kOUTPUT || e.getTensorDataType(out.c_str()) != DataType::kFLOAT) {
+        throw std::invalid_argument(where + "has no float32 output tensor '" + out + "'");
+      }
+      on_device(out.c_str());
+    }
+    const char* ids = config_.input_names[2].c_str();
+    const nvinfer1::Dims lo = e.getProfileShape(ids, profile, nvinfer1::OptProfileSelector::kMIN);
+    const nvinfer1::Dims hi = e.getProfileShape(ids, profile, nvinfer1::OptProfileSelector::kMAX);
+    for (size_t b = 0; b < config_.buckets.size(); ++b) {
+      if (bucket_plan_[b] != static_cast<int>(plan)) continue;
+      const int64_t len = config_.buckets[b].text_len;
+      if (lo.d[1] > len || hi.d[1] < len || lo.d[0] > 1 || hi.d[0] < config_.max_batch) {
+        throw std::invalid_argument(where + "profile " + std::to_string(profile) + " covers batch [" + std::to_string(lo.d[0]) + ", " +
+                                    std::to_string(hi.d[0]) + "] x text [" + std::to_string(lo.d[1]) + ", " + std::to_string(hi.d[1]) +
+                                    "], not batch [1, " + std::to_string(config_.max_batch) + "] x text " + std::to_string(len));
       }
     }
   }
 
   void bind(nvinfer1::IExecutionContext& ctx, Worker& k, int64_t b, int64_t s, int64_t len) const {
     const auto& in = config_.input_names;
-    auto dims = [](std::initializer_list<int64_t> d) {
-      nvinfer1::Dims out{};
-      out.nbDims = static_cast<int32_t>(d.size());
-      int i = 0;
-      for (auto v : d) out.d[i++] = v;
-      return out;
-    };
     bool ok = ctx.setInputShape(in[0].c_str(), dims({b, s, s, 3})) && ctx.setInputShape(in[1].c_str(), dims({b, s, s, 3})) &&
               ctx.setInputShape(in[2].c_str(), dims({b, len})) && ctx.setInputShape(in[3].c_str(), dims({b}));
     if (!ok) throw std::runtime_error("batch " + std::to_string(b) + " x text " + std::to_string(len) + " is outside the plan's optimization profile");
@@ -244,6 +312,15 @@ class TensorRTBackend final : public Backend {
          ctx.setTensorAddress(config_.output_names[0].c_str(), k.d_rewards);
     if (ok && config_.output_names.size() > 1) ok = ctx.setTensorAddress(config_.output_names[1].c_str(), k.d_log_sigma);
     if (!ok) throw std::runtime_error("setTensorAddress failed");
+    // The output buffers hold max_batch floats: the plan must give one value per row.
+    for (const auto& out : config_.output_names) {
+      const nvinfer1::Dims d = ctx.getTensorShape(out.c_str());
+      int64_t volume = 1;
+      for (int i = 0; i < d.nbDims; ++i) volume *= d.d[i];
+      if (d.nbDims < 1 || volume != b) {
+        throw std::runtime_error("TensorRT output '" + out + "' has " + std::to_string(volume) + " values for a batch of " + std::to_string(b));
+      }
+    }
   }
 
   // Returns an instantiated graph, or null when this engine cannot be captured (then enqueueV3 is used).
@@ -253,7 +330,8 @@ class TensorRTBackend final : public Backend {
     if (cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal) != cudaSuccess) return nullptr;
     const bool enqueued = ctx.enqueueV3(stream);
     const bool captured = cudaStreamEndCapture(stream, &graph) == cudaSuccess && enqueued;
-    if (captured && cudaGraphInstantiate(&exec, graph, 0) != cudaSuccess) exec = nullptr;
+    // The WithFlags form also exists before CUDA 12 (TensorRT 10 ships for CUDA 11.8 too).
+    if (captured && cudaGraphInstantiateWithFlags(&exec, graph, 0) != cudaSuccess) exec = nullptr;
     if (graph) cudaGraphDestroy(graph);
     cudaGetLastError();  // clear the error a failed capture leaves, so the next CUDA call is not blamed for it
     return exec;
@@ -264,10 +342,9 @@ class TensorRTBackend final : public Backend {
   Logger logger_;
   std::unique_ptr<nvinfer1::IRuntime> runtime_;
   std::vector<std::string> plan_paths_;
-  std::vector<std::string> plans_;  // serialized engines, kept for per-worker copies
   std::vector<int> bucket_plan_;
   std::vector<std::vector<std::unique_ptr<nvinfer1::ICudaEngine>>> engines_;  // plan -> engine copies
-  std::vector<Worker> workers_;
+  std::vector<std::unique_ptr<Worker>> workers_;  // declared last: destroyed first, before the engines
 };
 
 }  // namespace
