@@ -19,6 +19,7 @@
 #endif
 
 #include <map>
+#include <mutex>
 #include <optional>
 #include <stdexcept>
 
@@ -139,17 +140,28 @@ class AotiBackend final : public Backend {
       return;
     }
     c10::StreamGuard guard(*k.stream);
-    std::vector<at::Tensor> inputs = views(*k.device);
-    const std::vector<at::Tensor> staged = views(k.host);
-    for (size_t i = 0; i < inputs.size(); ++i) inputs[i].copy_(staged[i], /*non_blocking=*/true);
-    // The engine's outputs stay alive until the stream has finished the asynchronous copies out of them.
-    const std::vector<at::Tensor> outputs = loader.run(inputs, k.stream->native_handle());
-    store(outputs, k, n);
+    try {
+      std::vector<at::Tensor> inputs = views(*k.device);
+      const std::vector<at::Tensor> staged = views(k.host);
+      for (size_t i = 0; i < inputs.size(); ++i) inputs[i].copy_(staged[i], /*non_blocking=*/true);
+      // The engine's outputs stay alive until the stream has finished the asynchronous copies out of them.
+      const std::vector<at::Tensor> outputs = loader.run(inputs, k.stream->native_handle());
+      store(outputs, k, n);
+    } catch (...) {
+      // The next batch refills this worker's staging: copies queued before the failure must finish first.
+      k.stream->synchronize();
+      throw;
+    }
     k.stream->synchronize();
   }
 
  private:
   std::unique_ptr<Loader> load(const std::string& path, bool cuda) {
+    // torch's loader parses package metadata into one shared static JSON object, so two loaders built at once
+    // can corrupt the heap (pytorch PR #194128); torch's own binding relies on the GIL, which the pybind layer
+    // holds while a Runtime is built. This lock covers runtimes built from C++ threads.
+    static std::mutex construction;
+    std::lock_guard<std::mutex> one_at_a_time(construction);
     // One runner per worker: the package's container then serves `inflight` concurrent run() calls.
     auto loader = std::make_unique<Loader>(path, "model", /*run_single_threaded=*/false,
                                            /*num_runners=*/static_cast<size_t>(config_.inflight),

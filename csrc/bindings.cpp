@@ -75,10 +75,10 @@ PYBIND11_MODULE(_runtime, m) {
       .def_readwrite("intra_op_threads", &jrm::RuntimeConfig::intra_op_threads);
 
   py::class_<jrm::Runtime>(m, "Runtime")
-      .def(py::init([](const jrm::RuntimeConfig& config) {
-             py::gil_scoped_release release;  // loading packages takes seconds
-             return std::make_unique<jrm::Runtime>(config);
-           }),
+      // Built with the GIL held, like torch's own package binding: torch's loader is not safe to construct
+      // concurrently (a shared static in its metadata parsing), and the GIL also keeps torch's Python loaders
+      // out while ours loads. Loading takes seconds; other Python threads wait that long.
+      .def(py::init([](const jrm::RuntimeConfig& config) { return std::make_unique<jrm::Runtime>(config); }),
            py::arg("config"))
       .def(
           "submit",

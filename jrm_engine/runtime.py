@@ -40,6 +40,11 @@ Changed as hardening (none of it has run on a GPU):
      runtime in separate processes, so the next run says where it dies and a crash in one part keeps the other's
      figures. `benchmarks/gpu/runtime_session.sh` runs a tiny bf16 package on CUDA before the 3B one, to tell a
      broken CUDA path from a problem of the large package. (The session after the crash was lent no GPU.)
+  5. A second review against torch's loader sources found one documented crash: torch's loader parses package
+     metadata into a shared static, so two loaders built at once can corrupt the heap (pytorch PR #194128).
+     A Runtime is now built with the GIL held, like torch's own binding, and under a process-wide lock. The
+     crashed run built its loaders one after the other, so this does not explain that crash.
+  6. A batch whose engine call throws now synchronizes the worker's stream before the slot is reused.
 Untested suspicion: on a CUDA torch, CMake's `torch` target links the CUDA toolkit's libcudart. If the toolkit
 and the torch wheel differ in CUDA major version, the process gets a second CUDA runtime; this code never calls
 it directly.

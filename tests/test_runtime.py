@@ -63,6 +63,13 @@ def assert_close(got, want, what):
     assert bad.size == 0, f"{what}: {bad.size} mismatches, first at {bad[:5]}: got {got[bad[:5]]}, want {want[bad[:5]]}"
 
 
+def submit_all(manifest, requests, **options):
+    """Submit every request at once, wait for all; the results and the runtime's stats."""
+    with RuntimeScorer.load(manifest, **options) as rt:
+        got = [f.result(timeout=20) for f in [rt.submit(*r) for r in requests]]
+        return got, rt.stats()
+
+
 def test_every_result_equals_scoring_that_request_alone(toy_engine, package_alone):
     manifest, module = toy_engine
     rng = np.random.default_rng(0)
@@ -95,9 +102,7 @@ def test_batch_closes_at_max_batch(toy_engine):
     manifest, module = toy_engine
     rng = np.random.default_rng(1)
     requests = [make_request(rng, 5) for _ in range(8)]
-    with RuntimeScorer.load(manifest, max_batch=4, max_delay_ms=60_000) as rt:
-        got = [f.result(timeout=20) for f in [rt.submit(*r) for r in requests]]  # long before the delay
-        stats = rt.stats()
+    got, stats = submit_all(manifest, requests, max_batch=4, max_delay_ms=60_000)  # long before the delay
     assert stats["batches"] == 2 and stats["closed_full"] == 2 and stats["max_batch_size_seen"] == 4
     assert_close(got, [truth(module, r) for r in requests], "full batches")
 
@@ -128,9 +133,7 @@ def test_full_batches_keep_to_their_text_bucket(toy_engine):
     rng = np.random.default_rng(3)
     lengths = [2, 17, 8, 32, 3, 30]  # buckets 8, 32, 8, 32, 8, 32: each fills a batch of 3
     requests = [make_request(rng, n) for n in lengths]
-    with RuntimeScorer.load(manifest, max_batch=3, max_delay_ms=60_000) as rt:
-        got = [f.result(timeout=20) for f in [rt.submit(*r) for r in requests]]
-        stats = rt.stats()
+    got, stats = submit_all(manifest, requests, max_batch=3, max_delay_ms=60_000)
     assert stats["batches"] == 2 and stats["closed_full"] == 2 and stats["padded_up"] == 0
     assert_close(got, [truth(module, r) for r in requests], "bucketed")
 
@@ -140,10 +143,7 @@ def test_an_early_batch_takes_shorter_requests_padded_up(toy_engine):
     rng = np.random.default_rng(5)
     lengths = [2, 8, 9, 16, 17, 32, 3, 12, 30]  # buckets 8, 8, 16, 16, 32, 32, 8, 16, 32
     requests = [make_request(rng, n) for n in lengths]
-    with RuntimeScorer.load(manifest, max_batch=MAX_BATCH, max_delay_ms=200) as rt:
-        futures = [rt.submit(*r) for r in requests]
-        got = [f.result(timeout=20) for f in futures]  # closed by the delay: no flush
-        stats = rt.stats()
+    got, stats = submit_all(manifest, requests, max_batch=MAX_BATCH, max_delay_ms=200)  # no flush: the delay
     # One engine call padded to 32 tokens instead of one per bucket; six requests came from shorter buckets.
     assert stats["batches"] == 1 and stats["closed_delay"] == 1 and stats["padded_up"] == 6
     assert_close(got, [truth(module, r) for r in requests], "padded up")

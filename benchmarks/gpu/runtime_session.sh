@@ -28,6 +28,11 @@ if [ -n "${BUILD:-}" ] && ! wait $BUILD; then
 fi
 echo "== extension built at $(elapsed) s"
 export PYTHONPATH=/tmp/jrm:${PYTHONPATH:-}
+# Facts a crash report needs: which CUDA runtimes the extension links (one besides torch's would be a second
+# runtime in the process), and the room in /tmp, where each package loader unpacks its .so (7.5 GB for the 3B).
+ldd /tmp/jrm/jrm_engine/_runtime*.so | grep -E "cudart|libtorch_cuda" || true
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+df -h /tmp | tail -1
 timeout 90 python3 benchmarks/gpu/runtime.py --manifest /tmp/aoti_tiny/scorer.manifest.json --out "$OUT/tiny" \
   2>&1 | tee "$OUT/tiny/runtime.log" | tail -14
 echo "== tiny CUDA check done at $(elapsed) s"
