@@ -20,7 +20,9 @@ Python Scorer does). Each engine is written with a runtime manifest (OUT.manifes
   --trt   ONNX as above, then a TensorRT plan (strongly typed, min/opt/max profile, timing cache).
           Needs the tensorrt package and a GPU; the plan only runs on the TensorRT version and GPU that
           built it (its manifest records both and loading refuses a mismatch). Untested on our CI.
-  --aoti  An AOTInductor package (.pt2) for --device cpu or cuda, loadable from C++.
+  --aoti  An AOTInductor package (.pt2) for --device cpu or cuda, loadable from C++, and beside it the group
+          package (OUT.group.pt2: one source and instruction encoded once for up to --max-group candidates),
+          which `Scorer.score_group` uses; --no-group skips it (half the compile time).
 """
 
 
@@ -36,6 +38,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="instruction-length buckets, comma separated (default: %(default)s); the largest is the "
                         "longest instruction an engine accepts")
     p.add_argument("--max-batch", type=int, default=32, help="largest batch (default: %(default)s)")
+    p.add_argument("--max-group", type=int, default=16,
+                   help="--aoti: most candidates per call of the group package (default: %(default)s)")
+    p.add_argument("--no-group", action="store_true", help="--aoti: skip the group package")
     p.add_argument("--opt-batch", type=int, default=None,
                    help="batch TensorRT tunes for (default: min(8, --max-batch))")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
@@ -83,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_reward_model(args.checkpoint)
     ckpt_hash = checkpoint_sha256(args.checkpoint)
     settings = ExportSettings(buckets=buckets, max_batch=args.max_batch, opt_batch=args.opt_batch or min(8, args.max_batch),
-                              positions=args.positions, dtype=args.dtype)
+                              max_group=args.max_group, positions=args.positions, dtype=args.dtype)
     engine = Path(args.aoti or args.onnx or args.trt)
     tokenizer_dir = save_tokenizer(model.tokenizer, engine)
     if args.aoti:
@@ -91,8 +96,8 @@ def run(args: argparse.Namespace) -> int:
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         graph = graph_from_model(model, positions=settings.positions, dtype=settings.dtype, device=device)
-        manifest = compile_package(graph, settings, args.aoti, device=device, checkpoint_hash=ckpt_hash,
-                                   tokenizer=tokenizer_dir.name)
+        manifest = compile_package(graph, settings, args.aoti, device=device, group=not args.no_group,
+                                   checkpoint_hash=ckpt_hash, tokenizer=tokenizer_dir.name)
     else:
         from .onnx_export import check_parity, export_onnx
 

@@ -1,10 +1,12 @@
-"""torch.export of the scoring graph with a dynamic batch and a dynamic (bucketed) text length."""
+"""torch.export of the scoring graph (dynamic batch and bucketed text length) and of the group graph (one source
+and instruction, a dynamic number of candidates)."""
 from __future__ import annotations
 
 import torch
 from torch.export import Dim
 
 from .graph import ScoringGraph
+from .group import GroupScorer
 from .settings import ExportSettings
 
 
@@ -20,12 +22,17 @@ def example_inputs(graph: ScoringGraph, batch: int, text_len: int, device="cpu",
     return tuple(t.to(device) for t in (pixels(), pixels(), ids, lengths))
 
 
+def text_len_dim(settings: ExportSettings) -> dict:
+    """{1: Dim} for text_ids when the buckets differ in length; one bucket: a static text length."""
+    if len(settings.buckets) == 1:
+        return {}
+    return {1: Dim("text_len", min=settings.buckets[0], max=settings.buckets[-1])}
+
+
 def dynamic_shapes(settings: ExportSettings) -> dict:
     batch = Dim("batch", min=1, max=settings.max_batch)
-    text_ids = {0: batch}
-    if len(settings.buckets) > 1:  # one bucket: a static text length
-        text_ids[1] = Dim("text_len", min=settings.buckets[0], max=settings.buckets[-1])
-    return {"source_pixels": {0: batch}, "edited_pixels": {0: batch}, "text_ids": text_ids, "text_lengths": {0: batch}}
+    return {"source_pixels": {0: batch}, "edited_pixels": {0: batch}, "text_ids": {0: batch, **text_len_dim(settings)},
+            "text_lengths": {0: batch}}
 
 
 def export_graph(graph: ScoringGraph, settings: ExportSettings, device="cpu") -> torch.export.ExportedProgram:
@@ -33,3 +40,14 @@ def export_graph(graph: ScoringGraph, settings: ExportSettings, device="cpu") ->
     args = example_inputs(graph, 2, settings.buckets[0], device)
     with torch.no_grad():
         return torch.export.export(graph.eval(), args, dynamic_shapes=dynamic_shapes(settings))
+
+
+def export_group_graph(graph: ScoringGraph, settings: ExportSettings, device="cpu") -> torch.export.ExportedProgram:
+    """GroupScorer(source_pixels [1,S,S,3], text_ids [1,L], text_lengths [1], edited_pixels [G,S,S,3]) -> [G]."""
+    source, edited, ids, lengths = example_inputs(graph, 2, settings.buckets[0], device)
+    group = Dim("group", min=1, max=settings.max_group)
+    shapes = {"source_pixels": None, "text_ids": text_len_dim(settings), "text_lengths": None,
+              "edited_pixels": {0: group}}
+    with torch.no_grad():
+        return torch.export.export(GroupScorer(graph).eval(), (source[:1], ids[:1], lengths[:1], edited),
+                                   dynamic_shapes=shapes)

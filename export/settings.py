@@ -24,6 +24,8 @@ class ExportSettings:
         if not self.buckets or sorted(set(self.buckets)) != list(self.buckets) or self.buckets[0] < 2:
             raise ValueError(f"buckets must be strictly increasing and >= 2 (export specialises sizes 0 and 1), "
                              f"got {self.buckets}")
+        if self.max_group < 2:
+            raise ValueError(f"max_group must be >= 2 (export specialises sizes 0 and 1), got {self.max_group}")
         if self.max_batch < 2 or not 1 <= self.opt_batch <= self.max_batch:
             raise ValueError(f"need max_batch >= 2 and 1 <= opt_batch <= max_batch, got {self.max_batch}, "
                              f"{self.opt_batch}")

@@ -125,7 +125,8 @@ def load_torch(path, device: str | None = None, positions: str | None = None, dt
 
 
 def load_compiled(path, device: str | None = None) -> Engine:
-    """An AOTInductor package from `jrm-export --aoti` (the manifest beside it says cpu or cuda)."""
+    """An AOTInductor package from `jrm-export --aoti` (the manifest beside it says cpu or cuda), with its group
+    package where the manifest names one."""
     from jrm_engine.export.aoti import load_package
 
     path = Path(path)
@@ -136,7 +137,19 @@ def load_compiled(path, device: str | None = None) -> Engine:
     def run(*inputs):
         return _as_numpy(package(*(t.to(device) for t in inputs)))
 
-    return _exported_engine(path, manifest, run)
+    run_group = None
+    if manifest.get("group"):
+        group = load_package(path.parent / manifest["group"]["package"], device)
+        most = manifest["group"]["max_group"]
+
+        def run_group(source, text_ids, text_lengths, edited):
+            head = tuple(t.to(device) for t in (source, text_ids, text_lengths))
+            outs = [_as_numpy(group(*head, edited[i:i + most].to(device))) for i in range(0, len(edited), most)]
+            sigmas = [s for _, s in outs]
+            return (np.concatenate([r for r, _ in outs]),
+                    None if sigmas[0] is None else np.concatenate(sigmas))
+
+    return _exported_engine(path, manifest, run, run_group=run_group)
 
 
 def load_onnx(path, device: str | None = None) -> Engine:
@@ -267,7 +280,8 @@ class Scorer:
     def score_group(self, source: ImageLike, instruction: str, edited: Sequence[ImageLike], *,
                     return_log_sigma: bool = False):
         """Rewards [G] for G edits of one source and instruction; the source is encoded once where the backend
-        supports it (torch), else repeated per candidate."""
+        supports it (torch, and compiled packages exported with their group package), else repeated per
+        candidate."""
         if not len(edited):
             raise ValueError("edited: empty list of candidates")
         source_pixels = self._pixels([source], "source")

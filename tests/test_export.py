@@ -189,8 +189,23 @@ def aoti_package(tmp_path_factory, small_model):
 
     graph = ScoringGraph(small_model).eval()
     path = tmp_path_factory.mktemp("aoti") / "scorer.pt2"
-    manifest = compile_package(graph, SETTINGS, path, checkpoint_hash="abc")
+    manifest = compile_package(graph, SETTINGS, path, group=True, checkpoint_hash="abc")
     return path, manifest, graph
+
+
+def test_aoti_group_package_matches_the_graph_per_candidate(aoti_package):
+    from jrm_engine.export.aoti import group_package_path, load_package
+
+    path, manifest, graph = aoti_package
+    group = json.loads(manifest.read_text())["group"]
+    assert group["package"] == group_package_path(path).name and group["max_group"] == SETTINGS.max_group
+    run = load_package(group_package_path(path))
+    for g, text_len in [(1, 4), (5, 16), (SETTINGS.max_group, 8)]:
+        source, edited, ids, lengths = example_inputs(graph, g, text_len, seed=20 + g)
+        with torch.no_grad():
+            alone = graph(source[:1].expand(g, -1, -1, -1), edited, ids[:1].expand(g, -1), lengths[:1].expand(g))
+            assert_close(run(source[:1], ids[:1], lengths[:1], edited), alone, FP32_TOL,
+                         f"AOTI group of {g}, text {text_len}")
 
 
 def test_aoti_package_matches_graph(aoti_package):

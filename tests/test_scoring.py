@@ -93,3 +93,5 @@ def test_exported_backends_match_torch(backend, torch_scorer, small_model, aoti_
                                atol=1e-4 if backend == "onnx" else FP32_TOL, rtol=0)
     np.testing.assert_allclose(scorer.score_group(sources[0], texts[0], edited),
                                torch_scorer.score_group(sources[0], texts[0], edited), atol=1e-4, rtol=0)
+    # The compiled package's manifest names its group package: the source is encoded once there too.
+    assert (scorer.engine.run_group is not None) == (backend == "compiled")
