@@ -3,8 +3,9 @@
     pytest benchmarks/test_bench_scoring.py --benchmark-json=benchmarks/results/cpu-scoring.json
 
 Paths: Hugging Face eager (RewardModel), scoring graph eager, torch.compile of the graph, the AOTInductor package,
-ONNX Runtime; independent batches and one group of G = 12 (the graph reuses the prefix; the compiled engines
-score the group as a batch with the source repeated). The GPU version is benchmarks/gpu/scoring.py.
+ONNX Runtime; independent batches and one group of G = 12 (the eager group graph and the AOTInductor group
+package reuse the prefix; the other engines score the group as a batch with the source repeated). The GPU version
+is benchmarks/gpu/scoring.py.
 """
 from __future__ import annotations
 
@@ -56,10 +57,11 @@ def engines(setup):
     """name -> callable with the graph's signature; compiled ones built once per module."""
     model, graph, folder = setup
     out = {"hf_eager": hf_eager(model), "graph_eager": graph, "graph_compile": torch.compile(graph)}
-    from jrm_engine.export.aoti import compile_package, load_package
+    from jrm_engine.export.aoti import compile_package, group_package_path, load_package
 
-    compile_package(graph, SETTINGS, folder / "scorer.pt2")
+    compile_package(graph, SETTINGS, folder / "scorer.pt2", group=True)
     out["aoti"] = load_package(folder / "scorer.pt2")
+    out["aoti_group"] = load_package(group_package_path(folder / "scorer.pt2"))
     try:
         from jrm_engine.export.onnx_export import export_onnx, onnx_session, run_onnx
 
@@ -89,14 +91,14 @@ def test_independent(benchmark, setup, engines, path, batch):
     _report(benchmark, batch)
 
 
-@pytest.mark.parametrize("path", ["hf_eager", "graph_eager", "graph_group", "aoti", "onnxruntime"])
+@pytest.mark.parametrize("path", ["hf_eager", "graph_eager", "graph_group", "aoti", "aoti_group", "onnxruntime"])
 def test_group(benchmark, setup, engines, path):
     _, graph, _ = setup
     source, edited, text_ids, lengths = example_inputs(graph, GROUP, TEXT_LEN, seed=7)
     benchmark.group = f"group of {GROUP}"
-    if path == "graph_group":  # prefix (source + instruction) once, then G candidates against its KV cache
-        group = GroupScorer(graph)
-        fn, args = group, (source[:1], text_ids[:1], lengths[:1], edited)
+    if path in ("graph_group", "aoti_group"):  # prefix (source + instruction) once, then G candidates against it
+        fn = GroupScorer(graph) if path == "graph_group" else engines[path]
+        args = (source[:1], text_ids[:1], lengths[:1], edited)
     else:
         if path not in engines:
             pytest.skip(f"{path} unavailable (onnxruntime not installed)")
