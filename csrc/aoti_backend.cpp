@@ -31,13 +31,13 @@ namespace {
 using Loader = torch::inductor::AOTIModelPackageLoader;
 
 struct Buffers {
-  at::Tensor source, edited, text_ids, text_lengths;  // flat, sized for max_batch of the largest bucket
+  at::Tensor source, edited, text_ids, text_lengths;  // flat, sized for max(max_batch, max_group) of the largest bucket
 };
 
 struct Worker {
   Buffers host;                        // pinned on CUDA
   std::optional<Buffers> device;       // CUDA only
-  at::Tensor rewards, log_sigma;       // host outputs (max_batch,)
+  at::Tensor rewards, log_sigma;       // host outputs (rows,)
   std::optional<c10::Stream> stream;   // CUDA only
 };
 
@@ -80,19 +80,21 @@ class AotiBackend final : public Backend {
       }
       bucket_loader_.push_back(it->second);
     }
+    if (!config.group_package.empty()) group_loader_ = load(config.group_package, cuda);
 
+    const int64_t rows = std::max(config.max_batch, config.max_group);
     int64_t image_bytes = 0, ids = 0;
     for (const auto& b : config.buckets) {
-      image_bytes = std::max(image_bytes, config.max_batch * b.image_size * b.image_size * 3);
-      ids = std::max(ids, config.max_batch * b.text_len);
+      image_bytes = std::max(image_bytes, rows * b.image_size * b.image_size * 3);
+      ids = std::max(ids, rows * b.text_len);
     }
     const auto host = c10::Device(c10::kCPU);
     const auto out_opt = at::TensorOptions().dtype(at::kFloat).pinned_memory(cuda);
     for (int w = 0; w < config.inflight; ++w) {
       Worker worker;
       worker.host = allocate(host, cuda, image_bytes, ids);
-      worker.rewards = at::empty({config.max_batch}, out_opt);
-      worker.log_sigma = at::empty({config.max_batch}, out_opt);
+      worker.rewards = at::empty({rows}, out_opt);
+      worker.log_sigma = at::empty({rows}, out_opt);
       if (cuda) {
         worker.device = allocate(device_, false, image_bytes, ids);
         worker.stream = c10::impl::getDeviceGuardImpl(device_.type())->getStreamFromGlobalPool(device_);
@@ -124,35 +126,29 @@ class AotiBackend final : public Backend {
   }
 
   void run(int w, int bucket, int64_t n) override {
-    Worker& k = workers_[w];
     const auto& spec = config_.buckets[bucket];
     const int64_t s = spec.image_size, len = spec.text_len;
-    auto views = [&](const Buffers& b) {
+    execute(workers_[w], *loaders_[bucket_loader_[bucket]], n, [&](const Buffers& b) {
       return std::vector<at::Tensor>{
           b.source.narrow(0, 0, n * s * s * 3).view({n, s, s, 3}),
           b.edited.narrow(0, 0, n * s * s * 3).view({n, s, s, 3}),
           b.text_ids.narrow(0, 0, n * len).view({n, len}),
           b.text_lengths.narrow(0, 0, n)};
-    };
-    Loader& loader = *loaders_[bucket_loader_[bucket]];
-    if (!k.stream) {
-      store(loader.run(views(k.host)), k, n);
-      return;
-    }
-    c10::StreamGuard guard(*k.stream);
-    try {
-      std::vector<at::Tensor> inputs = views(*k.device);
-      const std::vector<at::Tensor> staged = views(k.host);
-      for (size_t i = 0; i < inputs.size(); ++i) inputs[i].copy_(staged[i], /*non_blocking=*/true);
-      // The engine's outputs stay alive until the stream has finished the asynchronous copies out of them.
-      const std::vector<at::Tensor> outputs = loader.run(inputs, k.stream->native_handle());
-      store(outputs, k, n);
-    } catch (...) {
-      // The next batch refills this worker's staging: copies queued before the failure must finish first.
-      k.stream->synchronize();
-      throw;
-    }
-    k.stream->synchronize();
+    });
+  }
+
+  void run_group(int w, int bucket, int64_t g) override {
+    if (!group_loader_) throw std::runtime_error("no group package was loaded (RuntimeConfig.group_package)");
+    const auto& spec = config_.buckets[bucket];
+    const int64_t s = spec.image_size, len = spec.text_len;
+    // The group engine's contract order: source, text_ids, text_lengths, edited.
+    execute(workers_[w], *group_loader_, g, [&](const Buffers& b) {
+      return std::vector<at::Tensor>{
+          b.source.narrow(0, 0, s * s * 3).view({1, s, s, 3}),
+          b.text_ids.narrow(0, 0, len).view({1, len}),
+          b.text_lengths.narrow(0, 0, 1),
+          b.edited.narrow(0, 0, g * s * s * 3).view({g, s, s, 3})};
+    });
   }
 
  private:
@@ -174,6 +170,30 @@ class AotiBackend final : public Backend {
                                   "' but the runtime device is '" + config_.device + "'");
     }
     return loader;
+  }
+
+  // Runs `loader` on the inputs `views` cuts from a worker's buffers; n results land in the worker's outputs.
+  // On CUDA the host staging is copied to the worker's device buffers and everything runs on its stream.
+  template <typename Views>
+  void execute(Worker& k, Loader& loader, int64_t n, const Views& views) {
+    if (!k.stream) {
+      store(loader.run(views(k.host)), k, n);
+      return;
+    }
+    c10::StreamGuard guard(*k.stream);
+    try {
+      std::vector<at::Tensor> inputs = views(*k.device);
+      const std::vector<at::Tensor> staged = views(k.host);
+      for (size_t i = 0; i < inputs.size(); ++i) inputs[i].copy_(staged[i], /*non_blocking=*/true);
+      // The engine's outputs stay alive until the stream has finished the asynchronous copies out of them.
+      const std::vector<at::Tensor> outputs = loader.run(inputs, k.stream->native_handle());
+      store(outputs, k, n);
+    } catch (...) {
+      // The next batch refills this worker's staging: copies queued before the failure must finish first.
+      k.stream->synchronize();
+      throw;
+    }
+    k.stream->synchronize();
   }
 
   // Copies outputs into the worker's host output buffers (asynchronously on CUDA; run() syncs the stream).
@@ -199,6 +219,7 @@ class AotiBackend final : public Backend {
   const c10::Device device_;
   std::vector<std::unique_ptr<Loader>> loaders_;
   std::vector<int> bucket_loader_;  // bucket -> loaders_ index
+  std::unique_ptr<Loader> group_loader_;  // null: no group package
   std::vector<Worker> workers_;
 };
 

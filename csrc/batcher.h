@@ -24,6 +24,8 @@ class Batcher {
  private:
   void work(int worker);
   void run_batch(int worker, TakenBatch& batch);
+  // Packs the batch into the worker's slot and runs it; the per-candidate results are in the slot after.
+  void pack_and_run(int worker, const TakenBatch& batch, int64_t n);
 
   const RuntimeConfig& config_;
   Backend& backend_;

@@ -72,7 +72,9 @@ PYBIND11_MODULE(_runtime, m) {
       .def_readwrite("max_delay_us", &jrm::RuntimeConfig::max_delay_us)
       .def_readwrite("max_queue", &jrm::RuntimeConfig::max_queue)
       .def_readwrite("inflight", &jrm::RuntimeConfig::inflight)
-      .def_readwrite("intra_op_threads", &jrm::RuntimeConfig::intra_op_threads);
+      .def_readwrite("intra_op_threads", &jrm::RuntimeConfig::intra_op_threads)
+      .def_readwrite("group_package", &jrm::RuntimeConfig::group_package)
+      .def_readwrite("max_group", &jrm::RuntimeConfig::max_group);
 
   py::class_<jrm::Runtime>(m, "Runtime")
       // Built with the GIL held, like torch's own package binding: torch's loader is not safe to construct
@@ -88,6 +90,15 @@ PYBIND11_MODULE(_runtime, m) {
             rt.submit(id, s, e, t);
           },
           py::arg("id"), py::arg("source_pixels"), py::arg("edited_pixels"), py::arg("text_ids"))
+      .def(
+          "submit_group",
+          [](jrm::Runtime& rt, const std::vector<int64_t>& ids, const py::array& source, const py::array& edited,
+             const py::array& text_ids) {
+            const jrm::ArrayArg s = view(source), e = view(edited), t = view(text_ids);
+            py::gil_scoped_release release;
+            rt.submit_group(ids, s, e, t);
+          },
+          py::arg("ids"), py::arg("source_pixels"), py::arg("edited_pixels"), py::arg("text_ids"))
       .def(
           "wait_completions",
           [](jrm::Runtime& rt, int64_t timeout_ms) -> py::object {
@@ -129,6 +140,7 @@ PYBIND11_MODULE(_runtime, m) {
         d["closed_flush"] = s.closed_flush;
         d["closed_drain"] = s.closed_drain;
         d["padded_up"] = s.padded_up;
+        d["groups"] = s.groups;
         d["mean_batch_size"] = s.mean_batch_size;
         d["max_batch_size_seen"] = s.max_batch_size_seen;
         d["queue_size"] = s.queue_size;

@@ -22,9 +22,16 @@ RequestQueue::RequestQueue(const std::vector<BucketSpec>& buckets, int64_t max_b
 void RequestQueue::push(Request&& request) {
   std::unique_lock<std::mutex> lock(mutex_);
   if (closed_) throw QueueClosed("the runtime is closed and accepts no more requests");
-  if (size_ >= max_queue_) {
-    throw QueueFull("request queue is full: max_queue=" + std::to_string(max_queue_) +
-                    " requests are already waiting; retry later or raise max_queue");
+  if (size_ + request.size() > max_queue_) {
+    throw QueueFull("request queue is full: max_queue=" + std::to_string(max_queue_) + " requests, " +
+                    std::to_string(size_) + " already waiting; retry later or raise max_queue");
+  }
+  if (request.is_group()) {
+    size_ += request.size();
+    max_size_seen_ = std::max(max_size_seen_, size_);
+    groups_.push_back(std::move(request));
+    ready_.notify_one();
+    return;
   }
   auto& bucket = buckets_[request.bucket];
   bucket.push_back(std::move(request));
@@ -68,6 +75,16 @@ std::optional<TakenBatch> RequestQueue::take() {
       }
       next_deadline = std::min(next_deadline, first + max_delay_);
     }
+    if (!groups_.empty() && (pick < 0 || groups_.front().enqueued < oldest)) {
+      TakenBatch batch;
+      batch.bucket = groups_.front().bucket;
+      batch.reason = CloseReason::kGroup;
+      size_ -= groups_.front().size();
+      batch.requests.push_back(std::move(groups_.front()));
+      groups_.pop_front();
+      if (size_ > 0) ready_.notify_one();
+      return batch;
+    }
     if (pick >= 0) {
       TakenBatch batch;
       batch.bucket = pick;
@@ -108,6 +125,8 @@ std::vector<Request> RequestQueue::close(bool drain) {
     std::unique_lock<std::mutex> lock(mutex_);
     closed_ = true;
     if (!drain) {
+      for (auto& r : groups_) dropped.push_back(std::move(r));
+      groups_.clear();
       for (auto& q : buckets_) {
         for (auto& r : q) dropped.push_back(std::move(r));
         q.clear();

@@ -25,7 +25,7 @@ class QueueClosed : public std::runtime_error {
 };
 
 struct TakenBatch {
-  int bucket = 0;  // the batch runs padded to this bucket's text length
+  int bucket = 0;  // the batch runs padded to this bucket's text length (a group: its one request's bucket)
   CloseReason reason = CloseReason::kFull;
   std::vector<Request> requests;
   int64_t padded_up = 0;  // requests from a shorter text bucket riding in this batch
@@ -44,6 +44,8 @@ class RequestQueue {
   // text bucket, up to max_batch, and runs padded to the longest of them: one engine call instead of one per
   // bucket, for a little padding (text is a small part of the sequence next to two images). After
   // close(drain=true) remaining requests are taken without waiting; returns nullopt once closed and empty.
+  // A group request is a batch of its own, due at once; it goes first when it is older than every closable
+  // bucket's first request.
   std::optional<TakenBatch> take();
 
   // Every request queued so far is due now: its caller has submitted all it will wait for.
@@ -57,13 +59,14 @@ class RequestQueue {
 
  private:
   std::vector<std::deque<Request>> buckets_;
+  std::deque<Request> groups_;
   std::vector<std::vector<int>> same_image_;  // bucket -> every bucket with its image size (itself included)
   std::vector<int64_t> text_len_;
   Clock::time_point flushed_ = Clock::time_point::min();  // requests queued up to here are due
   const int64_t max_batch_;
   const Clock::duration max_delay_;
   const int64_t max_queue_;
-  int64_t size_ = 0;
+  int64_t size_ = 0;  // candidates waiting (a group counts each of its candidates)
   int64_t max_size_seen_ = 0;
   bool closed_ = false;
   mutable std::mutex mutex_;

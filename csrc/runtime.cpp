@@ -37,6 +37,9 @@ RuntimeConfig validated(RuntimeConfig c) {
   if (c.max_delay_us < 0) fail("max_delay must be >= 0");
   if (c.max_queue < 1) fail("max_queue must be >= 1");
   if (c.inflight < 1) fail("inflight must be >= 1");
+  if (!c.group_package.empty() && (c.backend != "aoti" || c.max_group < 1)) {
+    fail("a group package needs the aoti backend and max_group >= 1");
+  }
   return c;
 }
 
@@ -72,26 +75,27 @@ int Runtime::pick_bucket(int64_t image_size, int64_t text_len) const {
   return best;
 }
 
-void Runtime::validate(const ArrayArg& source, const ArrayArg& edited, const ArrayArg& text_ids) const {
+void Runtime::validate_image(const ArrayArg& image, const char* name, size_t leading_dims) const {
   std::set<int64_t> sizes;
   for (const auto& b : config_.buckets) sizes.insert(b.image_size);
   std::string sizes_str;
   for (auto s : sizes) sizes_str += (sizes_str.empty() ? "" : ", ") + std::to_string(s);
+  const std::string layout = leading_dims ? "(G, S, S, 3)" : "(S, S, 3)";
 
   auto bad = [](const std::string& msg) { throw std::invalid_argument(msg); };
-  for (const auto* arg : {&source, &edited}) {
-    const char* name = arg == &source ? "source_pixels" : "edited_pixels";
-    if (arg->dtype != "uint8") bad(std::string(name) + " must be uint8 RGB pixels, got dtype " + arg->dtype);
-    const auto& s = arg->shape;
-    if (s.size() != 3 || s[0] != s[1] || s[2] != 3 || !sizes.count(s[0])) {
-      bad(std::string(name) + " must have shape (S, S, 3) with S in {" + sizes_str + "} (resize first), got " +
-          shape_str(s));
-    }
-    if (!arg->contiguous) bad(std::string(name) + " must be C-contiguous");
+  if (image.dtype != "uint8") bad(std::string(name) + " must be uint8 RGB pixels, got dtype " + image.dtype);
+  const auto& s = image.shape;
+  if (s.size() != 3 + leading_dims) bad(std::string(name) + " must have shape " + layout + ", got " + shape_str(s));
+  const size_t h = leading_dims;
+  if (s[h] != s[h + 1] || s[h + 2] != 3 || !sizes.count(s[h])) {
+    bad(std::string(name) + " must have shape " + layout + " with S in {" + sizes_str + "} (resize first), got " +
+        shape_str(s));
   }
-  if (source.shape != edited.shape) {
-    bad("source_pixels " + shape_str(source.shape) + " and edited_pixels " + shape_str(edited.shape) + " differ in size");
-  }
+  if (!image.contiguous) bad(std::string(name) + " must be C-contiguous");
+}
+
+void Runtime::validate_text(const ArrayArg& text_ids, int64_t image_size) const {
+  auto bad = [](const std::string& msg) { throw std::invalid_argument(msg); };
   if (text_ids.dtype != "int64") bad("text_ids must be int64 token ids, got dtype " + text_ids.dtype);
   if (text_ids.shape.size() != 1) bad("text_ids must be 1-D (one request's tokens), got shape " + shape_str(text_ids.shape));
   if (!text_ids.contiguous) bad("text_ids must be C-contiguous");
@@ -104,10 +108,10 @@ void Runtime::validate(const ArrayArg& source, const ArrayArg& edited, const Arr
           std::to_string(config_.vocab_size) + ")");
     }
   }
-  if (pick_bucket(source.shape[0], n) < 0) {
+  if (pick_bucket(image_size, n) < 0) {
     int64_t longest = 0;
     for (const auto& b : config_.buckets) {
-      if (b.image_size == source.shape[0]) longest = std::max(longest, b.text_len);
+      if (b.image_size == image_size) longest = std::max(longest, b.text_len);
     }
     bad("text_ids has " + std::to_string(n) + " tokens, more than the largest text bucket (" +
         std::to_string(longest) + ")");
@@ -116,21 +120,71 @@ void Runtime::validate(const ArrayArg& source, const ArrayArg& edited, const Arr
 
 void Runtime::submit(int64_t id, const ArrayArg& source, const ArrayArg& edited, const ArrayArg& text_ids) {
   try {
-    validate(source, edited, text_ids);
+    validate_image(source, "source_pixels", 0);
+    validate_image(edited, "edited_pixels", 0);
+    if (source.shape != edited.shape) {
+      throw std::invalid_argument("source_pixels " + shape_str(source.shape) + " and edited_pixels " +
+                                  shape_str(edited.shape) + " differ in size");
+    }
+    validate_text(text_ids, source.shape[0]);
   } catch (const std::invalid_argument&) {
     stats_.on_invalid();
     throw;
   }
   Request r;
   r.id = id;
+  const size_t image_bytes = static_cast<size_t>(source.shape[0] * source.shape[1] * 3);
+  const auto* edt = static_cast<const uint8_t*>(edited.data);
+  r.edited.assign(edt, edt + image_bytes);
+  fill_common(r, source, text_ids);
+  enqueue(std::move(r));
+}
+
+void Runtime::submit_group(const std::vector<int64_t>& ids, const ArrayArg& source, const ArrayArg& edited,
+                           const ArrayArg& text_ids) {
+  try {
+    if (config_.group_package.empty()) {
+      throw std::invalid_argument("this runtime has no group engine (its manifest names no group package)");
+    }
+    validate_image(source, "source_pixels", 0);
+    validate_image(edited, "edited_pixels", 1);
+    const int64_t g = edited.shape[0];
+    if (g < 1 || g > config_.max_group) {
+      throw std::invalid_argument("edited_pixels holds " + std::to_string(g) + " candidates, outside [1, max_group=" +
+                                  std::to_string(config_.max_group) + "]");
+    }
+    if (static_cast<int64_t>(ids.size()) != g) {
+      throw std::invalid_argument(std::to_string(ids.size()) + " ids for " + std::to_string(g) + " candidates");
+    }
+    if (edited.shape[1] != source.shape[0]) {
+      throw std::invalid_argument("source_pixels " + shape_str(source.shape) + " and edited_pixels " +
+                                  shape_str(edited.shape) + " differ in image size");
+    }
+    validate_text(text_ids, source.shape[0]);
+  } catch (const std::invalid_argument&) {
+    stats_.on_invalid();
+    throw;
+  }
+  Request r;
+  r.candidate_ids = ids;
+  const size_t bytes = static_cast<size_t>(edited.shape[0] * edited.shape[1] * edited.shape[2] * 3);
+  const auto* edt = static_cast<const uint8_t*>(edited.data);
+  r.edited.assign(edt, edt + bytes);
+  fill_common(r, source, text_ids);
+  enqueue(std::move(r));
+}
+
+void Runtime::fill_common(Request& r, const ArrayArg& source, const ArrayArg& text_ids) const {
   r.bucket = pick_bucket(source.shape[0], text_ids.shape[0]);
   const size_t image_bytes = static_cast<size_t>(source.shape[0] * source.shape[1] * 3);
   const auto* src = static_cast<const uint8_t*>(source.data);
-  const auto* edt = static_cast<const uint8_t*>(edited.data);
   const auto* ids = static_cast<const int64_t*>(text_ids.data);
   r.source.assign(src, src + image_bytes);
-  r.edited.assign(edt, edt + image_bytes);
   r.text_ids.assign(ids, ids + text_ids.shape[0]);
+}
+
+void Runtime::enqueue(Request&& r) {
+  const int64_t n = r.size();
   r.enqueued = Clock::now();
   try {
     queue_.push(std::move(r));
@@ -138,7 +192,7 @@ void Runtime::submit(int64_t id, const ArrayArg& source, const ArrayArg& edited,
     stats_.on_rejected();
     throw;
   }
-  stats_.on_request();
+  stats_.on_request(n);
 }
 
 std::optional<std::vector<Completion>> Runtime::wait_completions(int64_t timeout_ms) {

@@ -35,6 +35,12 @@ class Runtime {
   // argument and the rule), QueueFull at max_queue, QueueClosed after close.
   void submit(int64_t id, const ArrayArg& source, const ArrayArg& edited, const ArrayArg& text_ids);
 
+  // Queues G candidate edits (edited: (G, S, S, 3)) of one source and instruction as one request for the group
+  // engine; candidate i is answered under ids[i]. Errors as for submit; also G outside [1, max_group], or no
+  // group engine configured.
+  void submit_group(const std::vector<int64_t>& ids, const ArrayArg& source, const ArrayArg& edited,
+                    const ArrayArg& text_ids);
+
   // Every request queued so far is due now (a caller that waits for its own requests need not wait max_delay).
   void flush() { queue_.flush(); }
 
@@ -48,7 +54,11 @@ class Runtime {
 
  private:
   int pick_bucket(int64_t image_size, int64_t text_len) const;
-  void validate(const ArrayArg& source, const ArrayArg& edited, const ArrayArg& text_ids) const;
+  // Each throws std::invalid_argument naming the argument and the rule.
+  void validate_image(const ArrayArg& image, const char* name, size_t leading_dims) const;
+  void validate_text(const ArrayArg& text_ids, int64_t image_size) const;
+  void fill_common(Request& request, const ArrayArg& source, const ArrayArg& text_ids) const;  // bucket, source, ids
+  void enqueue(Request&& request);
 
   RuntimeConfig config_;
   std::unique_ptr<Backend> backend_;

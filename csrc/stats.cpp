@@ -34,6 +34,7 @@ void Stats::on_batch(int64_t size, CloseReason reason, int64_t padded_up, const 
     case CloseReason::kDelay: ++s_.closed_delay; break;
     case CloseReason::kFlush: ++s_.closed_flush; break;
     case CloseReason::kDrain: ++s_.closed_drain; break;
+    case CloseReason::kGroup: ++s_.groups; break;
   }
   s_.padded_up += padded_up;
   (ok ? s_.completed : s_.failed) += size;

@@ -15,13 +15,14 @@ struct Percentiles {
 };
 
 struct StatsSnapshot {
-  int64_t requests = 0;   // accepted by submit
+  int64_t requests = 0;   // accepted by submit (a group counts each candidate)
   int64_t completed = 0;  // answered with a reward
   int64_t failed = 0;     // answered with an error (backend failure, or not run because of close)
   int64_t rejected = 0;   // refused by submit: queue full
   int64_t invalid = 0;    // refused by submit: bad input
   int64_t batches = 0;
   int64_t closed_full = 0, closed_delay = 0, closed_flush = 0, closed_drain = 0;  // why each batch closed
+  int64_t groups = 0;  // group requests run (each a batch of its candidates on the group engine)
   int64_t padded_up = 0;  // requests run in a longer text bucket than their own, riding in an early batch
   double mean_batch_size = 0;
   int64_t max_batch_size_seen = 0;
@@ -45,7 +46,7 @@ class SampleWindow {
 
 class Stats {
  public:
-  void on_request() { std::lock_guard<std::mutex> g(mutex_); ++s_.requests; }
+  void on_request(int64_t n = 1) { std::lock_guard<std::mutex> g(mutex_); s_.requests += n; }
   void on_rejected() { std::lock_guard<std::mutex> g(mutex_); ++s_.rejected; }
   void on_invalid() { std::lock_guard<std::mutex> g(mutex_); ++s_.invalid; }
   void on_failed(int64_t n) { std::lock_guard<std::mutex> g(mutex_); s_.failed += n; }

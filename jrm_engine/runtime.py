@@ -152,6 +152,9 @@ class RuntimeScorer:
         # CPU only: OpenMP threads per worker (0 = torch's count). On a shared or busy host, inflight=cores with
         # intra_op_threads=1 avoids waking an OpenMP team for every small batch.
         config.intra_op_threads = intra_op_threads
+        if manifest.group is not None:
+            config.group_package = str(manifest.group.package)
+            config.max_group = manifest.max_group
         self.manifest = manifest
         self.max_batch, self.max_queue = max_batch, max_queue
         self.has_log_sigma = len(manifest.outputs) > 1
@@ -213,17 +216,51 @@ class RuntimeScorer:
                     self.flush()  # its own queued requests are all it waits for
                     wait(waiting, return_when=FIRST_COMPLETED)
         self.flush()
-        results = [f.result() for f in futures]
-        if return_log_sigma:
-            pairs = np.asarray(results, dtype=np.float32).reshape(len(results), 2)
-            return pairs[:, 0].copy(), pairs[:, 1].copy()
-        return np.asarray(results, dtype=np.float32)
+        return _collect(futures, return_log_sigma)
+
+    def submit_group(self, source_pixels, edited_pixels, text_ids, *, return_log_sigma: bool = False) -> list[Future]:
+        """Queue G candidate edits (G, S, S, 3) of one source and instruction as one request for the group engine
+        (the source and instruction are encoded once); one Future per candidate. G <= max_group."""
+        if self.manifest.group is None:
+            raise ValueError(f"runtime manifest {self.manifest.path}: no group package (export with "
+                             f"`jrm-export --aoti` without --no-group)")
+        if return_log_sigma and not self.has_log_sigma:
+            raise ValueError("return_log_sigma=True but this engine's reward head has no log_sigma output")
+        edited = _pixels(edited_pixels)
+        futures = [Future() for _ in range(len(edited) if edited.ndim == 4 else 1)]
+        ids = [next(self._ids) for _ in futures]
+        with self._lock:
+            for request_id, future in zip(ids, futures):
+                future.set_running_or_notify_cancel()
+                self._pending[request_id] = (future, return_log_sigma)
+        try:
+            self._rt.submit_group(ids, _pixels(source_pixels), edited, _token_ids(text_ids))
+        except BaseException as e:
+            with self._lock:
+                for request_id in ids:
+                    self._pending.pop(request_id, None)
+            if not isinstance(e, ValueError):  # queue full or closed: the caller must hear it now
+                raise
+            for future in futures:  # bad input: these futures fail, nothing else is affected
+                future.set_exception(e)
+        return futures
 
     def score_group(self, source, edited_list: Sequence, text_ids, *, return_log_sigma: bool = False):
         """Score G candidates for one source image and instruction; returns (G,) float32 (or with log_sigma).
-        Each candidate is an independent request here; the prefix-sharing group graph is jrm_engine.export's."""
+
+        With a group engine, each chunk of up to max_group candidates is one request that encodes the source and
+        instruction once; without one, every candidate is an independent request (the source repeated)."""
         n = len(edited_list)
-        return self.score([source] * n, edited_list, [text_ids] * n, return_log_sigma=return_log_sigma)
+        if n == 0:
+            raise ValueError("edited_list: empty list of candidates")
+        if self.manifest.group is None:
+            return self.score([source] * n, edited_list, [text_ids] * n, return_log_sigma=return_log_sigma)
+        edited = np.stack([_pixels(e) for e in edited_list])
+        step = self.manifest.max_group
+        futures = [f for i in range(0, n, step)
+                   for f in self.submit_group(source, edited[i:i + step], text_ids, return_log_sigma=return_log_sigma)]
+        self.flush()
+        return _collect(futures, return_log_sigma)
 
     def flush(self) -> None:
         """Close the open batches now: for a caller that has submitted everything it is about to wait for."""
@@ -260,6 +297,15 @@ class RuntimeScorer:
 
     def __exit__(self, *exc) -> None:
         self.close(drain=True)
+
+
+def _collect(futures: list[Future], return_log_sigma: bool):
+    """Wait for every future: rewards (N,) float32, or (rewards, log_sigma)."""
+    results = [f.result() for f in futures]
+    if return_log_sigma:
+        pairs = np.asarray(results, dtype=np.float32).reshape(len(results), 2)
+        return pairs[:, 0].copy(), pairs[:, 1].copy()
+    return np.asarray(results, dtype=np.float32)
 
 
 def _pixels(x) -> np.ndarray:
@@ -329,7 +375,8 @@ def check_engine_matches(manifest: Manifest, device: str, expect: dict[str, Any]
                 raise ValueError(f"{where}: field 'compute_capability' of {bucket.package.name} is {built!r}, "
                                  f"this GPU is {here}")
     if verify_sha256:
-        for bucket in {b.package: b for b in manifest.buckets}.values():
+        engines = manifest.buckets + ([manifest.group] if manifest.group else [])
+        for bucket in {b.package: b for b in engines}.values():
             if bucket.sha256 and _sha256(bucket.package) != bucket.sha256:
                 raise ValueError(f"{where}: field 'sha256' of {bucket.package.name} does not match the file")
 

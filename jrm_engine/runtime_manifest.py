@@ -21,8 +21,12 @@ Runtime manifest (JSON, written by `jrm-export` next to the engine files; relati
       "torch_version": "2.11.0",         # aoti: torch that compiled the package (major.minor must match)
       "tensorrt_version": "10.9.0",      # tensorrt: TensorRT that built the plans (must match exactly)
       "compute_capability": "9.0",       # tensorrt, and aoti on cuda: GPU the engines were built for
-      "checkpoint_sha256": "..."         # optional provenance; compared when load(expect=...) names it
+      "checkpoint_sha256": "...",        # optional provenance; compared when load(expect=...) names it
+      "group": {"package": "score.group.pt2", "sha256": "...", "max_group": 16}   # optional group engine
     }
+
+The group engine (aoti only) takes (source [1,S,S,3], text_ids [1,L], text_lengths [1], edited [G,S,S,3]) and
+returns rewards [G] (and log_sigma [G]): one source and instruction encoded once for up to max_group candidates.
 
 Other fields (jrm-export adds pad_id, settings, dtype, ...) are kept in `Manifest.fields` and otherwise ignored,
 except pad_id, which must be 0: the runtime right-pads text_ids with 0 as the contract says.
@@ -61,6 +65,8 @@ class Manifest:
     outputs: list[str]
     buckets: list[Bucket]
     fields: dict[str, Any]  # the whole JSON, for provenance checks
+    group: Bucket | None = None  # the group engine: text_len unused (0), image_size the top-level one
+    max_group: int = 0
 
     @classmethod
     def load(cls, path: str | Path) -> "Manifest":
@@ -96,6 +102,15 @@ class Manifest:
             buckets.append(Bucket(int(b.get("image_size", image_size)), b["text_len"], package, b.get("sha256")))
         if not buckets:
             raise ValueError(f"runtime manifest {path}: field 'buckets' is empty")
+        group, max_group = None, 0
+        if d.get("group"):
+            g = d["group"]
+            if not isinstance(g, dict) or not g.get("package") or not isinstance(g.get("max_group"), int):
+                raise ValueError(f"runtime manifest {path}: field 'group' needs a 'package' and an int 'max_group'")
+            package = (path.parent / g["package"]).resolve()
+            if not package.is_file():
+                raise FileNotFoundError(f"runtime manifest {path}: group package {package}: no such file")
+            group, max_group = Bucket(image_size, 0, package, g.get("sha256")), g["max_group"]
         return cls(path=path, backend=field("backend", str), device=field("device", str), image_size=image_size,
                    max_batch=field("max_batch", int), vocab_size=field("vocab_size", int), outputs=d["outputs"],
-                   buckets=buckets, fields=d)
+                   buckets=buckets, fields=d, group=group, max_group=max_group)

@@ -183,7 +183,16 @@ def load_runtime(path, device: str | None = None, max_batch: int | None = None, 
     runtime = RuntimeScorer.load(manifest_path(path), device=device, max_batch=max_batch, max_delay_ms=max_delay_ms,
                                  max_queue=max_queue, **runtime_options)
     settings = manifest["settings"]
-    return Engine(run=runtime.run_batch, tokenizer=tokenizer, image_size=manifest["image_size"],
+    run_group = None
+    if runtime.manifest.group is not None:  # through the runtime's group engine: the source encoded once
+
+        def run_group(source, text_ids, text_lengths, edited):
+            ids = text_ids[0, : int(text_lengths[0])].numpy()
+            if runtime.has_log_sigma:
+                return runtime.score_group(source[0].numpy(), list(edited.numpy()), ids, return_log_sigma=True)
+            return runtime.score_group(source[0].numpy(), list(edited.numpy()), ids), None
+
+    return Engine(run=runtime.run_batch, run_group=run_group, tokenizer=tokenizer, image_size=manifest["image_size"],
                   buckets=tuple(settings["buckets"]), max_batch=runtime.max_batch, info=manifest,
                   submit=runtime.submit, close=runtime.close, stats=runtime.stats)
 
@@ -280,8 +289,8 @@ class Scorer:
     def score_group(self, source: ImageLike, instruction: str, edited: Sequence[ImageLike], *,
                     return_log_sigma: bool = False):
         """Rewards [G] for G edits of one source and instruction; the source is encoded once where the backend
-        supports it (torch, and compiled packages exported with their group package), else repeated per
-        candidate."""
+        supports it (torch; compiled and runtime with the group package `jrm-export --aoti` writes), else
+        repeated per candidate."""
         if not len(edited):
             raise ValueError("edited: empty list of candidates")
         source_pixels = self._pixels([source], "source")

@@ -42,12 +42,27 @@ class ToyScoringGraph(torch.nn.Module):
         return rewards
 
 
+class ToyGroupGraph(torch.nn.Module):
+    """The group engine's contract over a ToyScoringGraph: one source and instruction, G candidates."""
+
+    def __init__(self, single: ToyScoringGraph):
+        super().__init__()
+        self.single = single
+
+    def forward(self, source_pixels, text_ids, text_lengths, edited_pixels):
+        g = edited_pixels.shape[0]
+        return self.single(source_pixels.expand(g, -1, -1, -1), edited_pixels, text_ids.expand(g, -1),
+                           text_lengths.expand(g))
+
+
 def build_toy_package(out_dir: Path, image_size: int = 28, vocab_size: int = 512, buckets=(8, 16, 32),
-                      max_batch: int = 16, device: str = "cpu", log_sigma: bool = False) -> tuple[Path, ToyScoringGraph]:
+                      max_batch: int = 16, device: str = "cpu", log_sigma: bool = False,
+                      max_group: int = 0) -> tuple[Path, ToyScoringGraph]:
     """Compile one package with a dynamic text length shared by every bucket; write its runtime manifest.
 
     One package serves all buckets because each bucket then costs no extra compile (tests compile once); the
-    manifest format also allows one package per bucket, which the real graph may need.
+    manifest format also allows one package per bucket, which the real graph may need. With max_group, also a
+    group package for up to max_group candidates.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     module = ToyScoringGraph(image_size, vocab_size, max(buckets), log_sigma=log_sigma).eval().to(device)
@@ -66,11 +81,19 @@ def build_toy_package(out_dir: Path, image_size: int = 28, vocab_size: int = 512
     with torch.no_grad():
         program = torch.export.export(module, example, dynamic_shapes=shapes)
         package = torch._inductor.aoti_compile_and_package(program, package_path=str(out_dir / "toy.pt2"))
+        if max_group:
+            group_shapes = {"source_pixels": None, "text_ids": {1: length}, "text_lengths": None,
+                            "edited_pixels": {0: torch.export.Dim("group", min=1, max=max_group)}}
+            group_program = torch.export.export(ToyGroupGraph(module).eval(), (example[0][:1], example[2][:1],
+                                                example[3][:1], example[1]), dynamic_shapes=group_shapes)
+            torch._inductor.aoti_compile_and_package(group_program, package_path=str(out_dir / "toy.group.pt2"))
     manifest = {
         "format": "jrm-runtime-manifest", "version": 1, "backend": "aoti", "device": device,
         "image_size": image_size, "max_batch": max_batch, "vocab_size": vocab_size,
         "inputs": INPUTS, "outputs": ["rewards", "log_sigma"] if log_sigma else ["rewards"], "torch_version": torch.__version__,
         "buckets": [{"text_len": n, "package": Path(package).name} for n in buckets],
     }
+    if max_group:
+        manifest["group"] = {"package": "toy.group.pt2", "max_group": max_group}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return out_dir / "manifest.json", module

@@ -318,3 +318,63 @@ def test_two_output_head_returns_log_sigma(tmp_path_factory, toy_engine):
     assert_close(only_rewards, rewards, "rewards without log_sigma")
     with RuntimeScorer.load(toy_engine[0]) as rt, pytest.raises(ValueError, match="no log_sigma output"):
         rt.submit(*requests[0], return_log_sigma=True)
+
+
+# ---- groups: one source and instruction, G candidates on the group engine --------------------------------------
+MAX_GROUP = 8
+
+
+@pytest.fixture(scope="module")
+def toy_group_engine(tmp_path_factory):
+    return build_toy_package(tmp_path_factory.mktemp("toy_group"), IMAGE, VOCAB, BUCKETS, MAX_BATCH,
+                             max_group=MAX_GROUP)
+
+
+def group_truth(module, source, edited, ids) -> list[float]:
+    return [truth(module, (source, e, ids)) for e in edited]
+
+
+def test_a_group_encodes_its_source_once_and_equals_each_candidate_alone(toy_group_engine):
+    manifest, module = toy_group_engine
+    rng = np.random.default_rng(20)
+    source, _, ids = make_request(rng, 11)
+    edited = [make_request(rng, 1)[1] for _ in range(2 * MAX_GROUP + 3)]  # three group requests
+    singles = [make_request(rng, int(n)) for n in rng.integers(1, max(BUCKETS) + 1, 10)]
+    with RuntimeScorer.load(manifest, max_batch=4, max_delay_ms=5, inflight=2) as rt:
+        single_futures = [rt.submit(*r) for r in singles]  # in flight beside the groups
+        got = rt.score_group(source, edited, ids)
+        got_singles = [f.result(timeout=20) for f in single_futures]
+        stats = rt.stats()
+    assert_close(got, group_truth(module, source, edited, ids), "group")
+    assert_close(got_singles, [truth(module, r) for r in singles], "singles beside groups")
+    assert stats["groups"] == 3 and stats["completed"] == len(edited) + len(singles)
+
+
+def test_bad_group_input_fails_only_its_own_futures(toy_group_engine):
+    manifest, module = toy_group_engine
+    rng = np.random.default_rng(21)
+    source, edited, ids = make_request(rng, 5)
+    with RuntimeScorer.load(manifest, max_batch=4, max_delay_ms=5) as rt:
+        too_many = rt.submit_group(source, np.stack([edited] * (MAX_GROUP + 1)), ids)
+        wrong_size = rt.submit_group(source, np.zeros((2, IMAGE + 28, IMAGE + 28, 3), np.uint8), ids)
+        good = rt.submit_group(source, np.stack([edited, edited]), ids)
+        with pytest.raises(ValueError, match="max_group=8"):
+            too_many[0].result(timeout=10)
+        with pytest.raises(ValueError, match=r"edited_pixels must have shape \(G, S, S, 3\)"):
+            wrong_size[1].result(timeout=10)
+        assert_close([f.result(timeout=20) for f in good], group_truth(module, source, [edited] * 2, ids), "good")
+        stats = rt.stats()
+    assert stats["invalid"] == 2 and stats["groups"] == 1
+
+
+def test_without_a_group_package_groups_are_refused_and_score_group_repeats_the_source(toy_engine):
+    manifest, module = toy_engine
+    rng = np.random.default_rng(22)
+    source, edited, ids = make_request(rng, 5)
+    with RuntimeScorer.load(manifest, max_batch=4, max_delay_ms=5) as rt:
+        with pytest.raises(ValueError, match="no group package"):
+            rt.submit_group(source, np.stack([edited]), ids)
+        got = rt.score_group(source, [edited, edited], ids)
+        stats = rt.stats()
+    assert_close(got, group_truth(module, source, [edited] * 2, ids), "repeated source")
+    assert stats["groups"] == 0

@@ -42,8 +42,12 @@ def test_score_and_group_equal_the_torch_backend(runtime_scorer, torch_scorer): 
     texts = [TEXTS[i % len(TEXTS)] for i in range(6)]
     np.testing.assert_allclose(runtime_scorer.score(sources, texts, edited), torch_scorer.score(sources, texts, edited),
                                atol=FP32_TOL, rtol=0)
+    groups_before = runtime_scorer.engine.stats()["groups"]
     np.testing.assert_allclose(runtime_scorer.score_group(sources[0], texts[0], edited),
                                torch_scorer.score_group(sources[0], texts[0], edited), atol=FP32_TOL, rtol=0)
+    # The package was exported with its group package: the runtime ran the 6 candidates there, source encoded
+    # once per chunk (the Scorer sends chunks of max_batch=4).
+    assert runtime_scorer.engine.stats()["groups"] == groups_before + 2
 
 
 def test_submit_from_several_threads_is_batched_and_exact(runtime_scorer, torch_scorer):  # noqa: F811
