@@ -133,11 +133,7 @@ void Runtime::submit(int64_t id, const ArrayArg& source, const ArrayArg& edited,
   }
   Request r;
   r.id = id;
-  const size_t image_bytes = static_cast<size_t>(source.shape[0] * source.shape[1] * 3);
-  const auto* edt = static_cast<const uint8_t*>(edited.data);
-  r.edited.assign(edt, edt + image_bytes);
-  fill_common(r, source, text_ids);
-  enqueue(std::move(r));
+  enqueue(std::move(r), source, edited, text_ids);
 }
 
 void Runtime::submit_group(const std::vector<int64_t>& ids, const ArrayArg& source, const ArrayArg& edited,
@@ -167,23 +163,22 @@ void Runtime::submit_group(const std::vector<int64_t>& ids, const ArrayArg& sour
   }
   Request r;
   r.candidate_ids = ids;
-  const size_t bytes = static_cast<size_t>(edited.shape[0] * edited.shape[1] * edited.shape[2] * 3);
-  const auto* edt = static_cast<const uint8_t*>(edited.data);
-  r.edited.assign(edt, edt + bytes);
-  fill_common(r, source, text_ids);
-  enqueue(std::move(r));
+  enqueue(std::move(r), source, edited, text_ids);
 }
 
-void Runtime::fill_common(Request& r, const ArrayArg& source, const ArrayArg& text_ids) const {
-  r.bucket = pick_bucket(source.shape[0], text_ids.shape[0]);
-  const size_t image_bytes = static_cast<size_t>(source.shape[0] * source.shape[1] * 3);
+void Runtime::enqueue(Request&& r, const ArrayArg& source, const ArrayArg& edited, const ArrayArg& text_ids) {
+  auto bytes = [](const ArrayArg& a) {
+    int64_t n = 1;
+    for (int64_t d : a.shape) n *= d;
+    return static_cast<size_t>(n);
+  };
   const auto* src = static_cast<const uint8_t*>(source.data);
+  const auto* edt = static_cast<const uint8_t*>(edited.data);
   const auto* ids = static_cast<const int64_t*>(text_ids.data);
-  r.source.assign(src, src + image_bytes);
+  r.bucket = pick_bucket(source.shape[0], text_ids.shape[0]);
+  r.source.assign(src, src + bytes(source));
+  r.edited.assign(edt, edt + bytes(edited));
   r.text_ids.assign(ids, ids + text_ids.shape[0]);
-}
-
-void Runtime::enqueue(Request&& r) {
   const int64_t n = r.size();
   r.enqueued = Clock::now();
   try {

@@ -57,8 +57,8 @@ class Runtime {
   // Each throws std::invalid_argument naming the argument and the rule.
   void validate_image(const ArrayArg& image, const char* name, size_t leading_dims) const;
   void validate_text(const ArrayArg& text_ids, int64_t image_size) const;
-  void fill_common(Request& request, const ArrayArg& source, const ArrayArg& text_ids) const;  // bucket, source, ids
-  void enqueue(Request&& request);
+  // Copies the validated arrays into the request (id or candidate ids already set) and queues it.
+  void enqueue(Request&& request, const ArrayArg& source, const ArrayArg& edited, const ArrayArg& text_ids);
 
   RuntimeConfig config_;
   std::unique_ptr<Backend> backend_;
