@@ -9,7 +9,8 @@ image size and mixed text lengths:
   - direct: the package called from Python at batch 1 (latency) and at max_batch (the offline figure);
   - runtime: 1, 8 and 64 closed-loop client threads (each submits one request and waits for it);
   - runtime_full_batches: max_batch-sized bursts through `score` (one batch each, padded to the longest request,
-    as the direct call pads it), the overhead against direct at max_batch.
+    as the direct call pads it), the overhead against direct at max_batch;
+  - where the manifest names a group package: groups of max_group candidates, direct and through `score_group`.
 Inputs start on the host as uint8/int64 arrays in every case, so each figure includes the host-to-device copy.
 
 The two parts run in separate processes: a crash in one (the report records its exit status and last stage)
@@ -65,7 +66,18 @@ def summarize(latencies_s: list[float], wall_s: float, candidates: int) -> dict:
 
 
 def measure_clients(call, requests, threads: int, per_thread: int) -> dict:
-    """`threads` closed-loop clients, each timing `call(request)` for `per_thread` requests."""
+    """`threads` closed-loop clients, each timing `call(request)` for `per_thread` requests.
+
+    One client runs on the calling thread: a fresh thread would start a second OpenMP team beside the one the
+    warm-up left on this thread, and on a small CPU the two teams slow each other (a third, on 2 cores)."""
+    if threads == 1:
+        latencies = []
+        t0 = time.perf_counter()
+        for j in range(per_thread):
+            c0 = time.perf_counter()
+            call(requests[j % len(requests)])
+            latencies.append(time.perf_counter() - c0)
+        return summarize(latencies, time.perf_counter() - t0, per_thread)
     latencies: list[list[float]] = [[] for _ in range(threads)]
     start_line = threading.Barrier(threads + 1)
 
@@ -139,6 +151,22 @@ def measure_direct(setup: Setup, args) -> dict:
         direct_call(setup.full[i % len(setup.full)])
     wall = time.perf_counter() - t0
     results[f"direct_batch{setup.max_batch}"] = summarize([wall / setup.iters], wall, setup.iters * setup.max_batch)
+    if setup.manifest.group is not None:
+        stage("direct group calls (torch only)")
+        group = torch._inductor.aoti_load_package(str(setup.manifest.group.package))
+        g = setup.manifest.max_group
+
+        def group_call(request):
+            source, _, ids = request
+            inputs = batch_inputs([request], setup.buckets, setup.device)
+            edited = torch.from_numpy(np.stack([r[1] for r in setup.requests[:g]])).to(setup.device)
+            out = group(inputs[0], inputs[2], inputs[3], edited)
+            return out[0].cpu() if isinstance(out, (list, tuple)) else out.cpu()
+
+        group_call(setup.requests[0])
+        results[f"direct_group{g}"] = measure_clients(group_call, setup.requests, 1, setup.iters)
+        results[f"direct_group{g}"].update(candidates=setup.iters * g, candidates_per_s=round(
+            setup.iters * g / results[f"direct_group{g}"]["wall_s"], 2))
     return results
 
 
@@ -166,6 +194,14 @@ def measure_runtime(setup: Setup, args) -> dict:
             rt.score(*zip(*setup.full[i % len(setup.full)]))
             bursts.append(time.perf_counter() - b0)
         results["runtime_full_batches"] = summarize(bursts, time.perf_counter() - t0, setup.iters * setup.max_batch)
+        if setup.manifest.group is not None:
+            stage("runtime, groups")
+            g = setup.manifest.max_group
+            edited = [r[1] for r in setup.requests[:g]]
+            rt.score_group(setup.requests[0][0], edited, setup.requests[0][2])
+            group = measure_clients(lambda r: rt.score_group(r[0], edited, r[2]), setup.requests, 1, setup.iters)
+            results[f"runtime_group{g}"] = {**group, "candidates": setup.iters * g,
+                                            "candidates_per_s": round(setup.iters * g / group["wall_s"], 2)}
         results["runtime_stats"] = rt.stats()
     return results
 

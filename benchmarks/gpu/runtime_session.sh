@@ -21,7 +21,7 @@ if [ -z "${JRM_EXT_BUILT:-}" ]; then
   BUILD=$!
 fi
 mkdir -p "$OUT/tiny"
-timeout 150 python3 benchmarks/gpu/scoring.py --tiny --device "$DEVICE" --dtype bfloat16 --aoti-only \
+timeout 150 python3 benchmarks/gpu/scoring.py --tiny --device "$DEVICE" --dtype bfloat16 --aoti-only --aoti-group \
   --aoti-out /tmp/aoti_tiny --out /tmp/tiny_scoring 2>&1 | tail -3
 if [ -n "${BUILD:-}" ] && ! wait $BUILD; then
   echo "runtime build failed:"; tail -30 "$OUT/runtime-build.log"; exit 1

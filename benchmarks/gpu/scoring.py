@@ -137,6 +137,7 @@ def main(argv=None) -> int:
                    help="folder for <gpu>-scoring.json (default: $OUT, else benchmarks/results)")
     p.add_argument("--aoti-out", default=None, help="also write an AOTInductor package + manifest here")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    p.add_argument("--aoti-group", action="store_true", help="with --aoti-out: also the group package")
     p.add_argument("--aoti-only", action="store_true",
                    help="with --aoti-out: only the parity check and the package, no timings (for the runtime benchmark)")
     p.add_argument("--budget-s", type=float, default=270.0, help="skip sections that would start after this")
@@ -257,7 +258,8 @@ def main(argv=None) -> int:
                                       opt_batch=min(8, batch_max),
                                       dtype="bfloat16" if dtype == torch.bfloat16 else "float32")
             t0 = time.perf_counter()
-            manifest = compile_package(graph, settings, Path(args.aoti_out) / "scorer.pt2", device=device)
+            manifest = compile_package(graph, settings, Path(args.aoti_out) / "scorer.pt2", device=device,
+                                       group=args.aoti_group)
             notes["aoti_compile_s"] = round(time.perf_counter() - t0, 1)
             notes["aoti_manifest"] = str(manifest)
 
