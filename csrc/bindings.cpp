@@ -74,7 +74,8 @@ PYBIND11_MODULE(_runtime, m) {
       .def_readwrite("inflight", &jrm::RuntimeConfig::inflight)
       .def_readwrite("intra_op_threads", &jrm::RuntimeConfig::intra_op_threads)
       .def_readwrite("group_package", &jrm::RuntimeConfig::group_package)
-      .def_readwrite("max_group", &jrm::RuntimeConfig::max_group);
+      .def_readwrite("max_group", &jrm::RuntimeConfig::max_group)
+      .def_readwrite("group_image_size", &jrm::RuntimeConfig::group_image_size);
 
   py::class_<jrm::Runtime>(m, "Runtime")
       // Built with the GIL held, like torch's own package binding: torch's loader is not safe to construct

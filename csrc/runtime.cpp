@@ -37,8 +37,15 @@ RuntimeConfig validated(RuntimeConfig c) {
   if (c.max_delay_us < 0) fail("max_delay must be >= 0");
   if (c.max_queue < 1) fail("max_queue must be >= 1");
   if (c.inflight < 1) fail("inflight must be >= 1");
-  if (!c.group_package.empty() && (c.backend != "aoti" || c.max_group < 1)) {
-    fail("a group package needs the aoti backend and max_group >= 1");
+  if (!c.group_package.empty()) {
+    if (c.backend != "aoti" || c.max_group < 1) fail("a group package needs the aoti backend and max_group >= 1");
+    if (c.max_group > c.max_queue) {
+      fail("max_group=" + std::to_string(c.max_group) + " exceeds max_queue=" + std::to_string(c.max_queue) +
+           ": a full group could never be queued");
+    }
+    bool known = false;
+    for (const auto& b : c.buckets) known = known || b.image_size == c.group_image_size;
+    if (!known) fail("group_image_size " + std::to_string(c.group_image_size) + " matches no bucket's image size");
   }
   return c;
 }
@@ -144,6 +151,10 @@ void Runtime::submit_group(const std::vector<int64_t>& ids, const ArrayArg& sour
     }
     validate_image(source, "source_pixels", 0);
     validate_image(edited, "edited_pixels", 1);
+    if (source.shape[0] != config_.group_image_size) {
+      throw std::invalid_argument("source_pixels " + shape_str(source.shape) + ": the group package takes " +
+                                  std::to_string(config_.group_image_size) + " px images only");
+    }
     const int64_t g = edited.shape[0];
     if (g < 1 || g > config_.max_group) {
       throw std::invalid_argument("edited_pixels holds " + std::to_string(g) + " candidates, outside [1, max_group=" +
@@ -200,10 +211,14 @@ void Runtime::close(bool drain) {
   closed_ = true;
   std::vector<Request> dropped = queue_.close(drain);
   if (!dropped.empty()) {
-    std::vector<Completion> failed(dropped.size());
-    for (size_t i = 0; i < dropped.size(); ++i) {
-      failed[i].id = dropped[i].id;
-      failed[i].error = "the runtime was closed without draining before this request ran";
+    std::vector<Completion> failed;
+    for (const Request& r : dropped) {  // one completion per request, or per candidate of a group
+      for (int64_t id : r.is_group() ? r.candidate_ids : std::vector<int64_t>{r.id}) {
+        Completion c;
+        c.id = id;
+        c.error = "the runtime was closed without draining before this request ran";
+        failed.push_back(std::move(c));
+      }
     }
     stats_.on_failed(static_cast<int64_t>(failed.size()));
     completions_.push(std::move(failed));

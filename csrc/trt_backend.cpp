@@ -247,6 +247,9 @@ class TensorRTBackend final : public Backend {
     k.engines[plan] = copies[copy].get();
   }
 
+  // All contexts of one worker use its profile; they never run concurrently (one stream). TensorRT 10 assigns
+  // profile 0 to a new context; a plan with several profiles whose TensorRT insists on one context per profile
+  // would make setOptimizationProfileAsync fail below, failing that batch with a clear error.
   std::unique_ptr<nvinfer1::IExecutionContext> make_context(Worker& k, int plan) {
     std::unique_ptr<nvinfer1::IExecutionContext> ctx(
         k.engines[plan]->createExecutionContext(nvinfer1::ExecutionContextAllocationStrategy::kUSER_MANAGED));

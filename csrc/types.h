@@ -34,6 +34,7 @@ struct RuntimeConfig {
   // source and instruction encoded once for G <= max_group candidates. Empty: groups are not accepted.
   std::string group_package;
   int64_t max_group = 0;
+  int64_t group_image_size = 0;  // the one image size the group package was compiled for
 };
 
 struct Request {

@@ -3,10 +3,12 @@
 Requests from any number of Python threads are validated, copied and queued by C++ with the GIL released;
 worker threads close a batch when it holds `max_batch` requests or `max_delay_ms` after its first request, pad
 it to its text-length bucket, run it on the engine (AOTInductor package, or TensorRT plan where built) and
-answer each request's `concurrent.futures.Future`. A batch that closes before it is full also takes the shorter
-waiting requests of the same image size, padded up to its longest, and `score` closes the open batches as soon as
-its requests are queued instead of waiting `max_delay_ms`. Inputs are already preprocessed: uint8 pixels at the engine's
-image size and int64 instruction token ids (tokenisation and resizing stay in `jrm_engine.scoring`).
+answer each request's `concurrent.futures.Future`. A batch that closes before it is full also takes the oldest
+waiting requests of the same image size from the other text buckets, padded to the longest, and `score` closes
+the open batches as soon as its requests are queued instead of waiting `max_delay_ms`. Inputs are already
+preprocessed: uint8 pixels at the engine's image size and int64 instruction token ids (tokenisation and resizing
+stay in `jrm_engine.scoring`). With a group package, `score_group` encodes a source and instruction once for up to
+`max_group` candidates.
 
     with RuntimeScorer.load("out/manifest.json", max_batch=32, max_delay_ms=2) as rt:
         fut = rt.submit(source_pixels, edited_pixels, text_ids)  # (S,S,3) uint8, (S,S,3) uint8, (n,) int64
@@ -155,6 +157,7 @@ class RuntimeScorer:
         if manifest.group is not None:
             config.group_package = str(manifest.group.package)
             config.max_group = manifest.max_group
+            config.group_image_size = manifest.group.image_size
         self.manifest = manifest
         self.max_batch, self.max_queue = max_batch, max_queue
         self.has_log_sigma = len(manifest.outputs) > 1
@@ -166,7 +169,7 @@ class RuntimeScorer:
         self._thread = threading.Thread(target=_resolve_completions, args=(self._rt, self._pending, self._lock),
                                         name="jrm-runtime-completions", daemon=True)
         self._thread.start()
-        self._finalizer = weakref.finalize(self, _shutdown, self._rt, self._thread, True)
+        self._finalizer = weakref.finalize(self, _shutdown, self._rt, self._thread, True, self._pending, self._lock)
 
     @classmethod
     def load(cls, manifest_path: str | Path, **kwargs: Any) -> "RuntimeScorer":
@@ -203,11 +206,17 @@ class RuntimeScorer:
         if not len(sources) == len(edited) == len(text_ids):
             raise ValueError(f"sources, edited and text_ids differ in length: "
                              f"{len(sources)}, {len(edited)}, {len(text_ids)}")
+        return self._score_all([lambda a=args: [self.submit(*a, return_log_sigma=return_log_sigma)]
+                                for args in zip(sources, edited, text_ids)], return_log_sigma)
+
+    def _score_all(self, submits: list, return_log_sigma: bool):
+        """Run each `submit() -> [Future]`, waiting for queue room while this caller's own requests fill the queue;
+        then flush and collect every result."""
         futures: list[Future] = []
-        for src, edt, ids in zip(sources, edited, text_ids):
+        for submit in submits:
             while True:
                 try:
-                    futures.append(self.submit(src, edt, ids, return_log_sigma=return_log_sigma))
+                    futures.extend(submit())
                     break
                 except QueueFullError:
                     waiting = [f for f in futures if not f.done()]
@@ -227,6 +236,8 @@ class RuntimeScorer:
         if return_log_sigma and not self.has_log_sigma:
             raise ValueError("return_log_sigma=True but this engine's reward head has no log_sigma output")
         edited = _pixels(edited_pixels)
+        if edited.ndim == 4 and len(edited) == 0:
+            raise ValueError("edited_pixels: no candidates (shape (0, S, S, 3))")
         futures = [Future() for _ in range(len(edited) if edited.ndim == 4 else 1)]
         ids = [next(self._ids) for _ in futures]
         with self._lock:
@@ -257,10 +268,9 @@ class RuntimeScorer:
             return self.score([source] * n, edited_list, [text_ids] * n, return_log_sigma=return_log_sigma)
         edited = np.stack([_pixels(e) for e in edited_list])
         step = self.manifest.max_group
-        futures = [f for i in range(0, n, step)
-                   for f in self.submit_group(source, edited[i:i + step], text_ids, return_log_sigma=return_log_sigma)]
-        self.flush()
-        return _collect(futures, return_log_sigma)
+        return self._score_all([lambda i=i: self.submit_group(source, edited[i:i + step], text_ids,
+                                                              return_log_sigma=return_log_sigma)
+                                for i in range(0, n, step)], return_log_sigma)
 
     def flush(self) -> None:
         """Close the open batches now: for a caller that has submitted everything it is about to wait for."""
@@ -290,7 +300,7 @@ class RuntimeScorer:
     def close(self, drain: bool = True) -> None:
         """Stop accepting requests; with drain answer every queued request first, else fail them. Idempotent."""
         self._finalizer.detach()
-        _shutdown(self._rt, self._thread, drain)
+        _shutdown(self._rt, self._thread, drain, self._pending, self._lock)
 
     def __enter__(self) -> "RuntimeScorer":
         return self
@@ -340,10 +350,17 @@ def _resolve_completions(rt, pending: dict, lock: threading.Lock) -> None:
                 pass
 
 
-def _shutdown(rt, thread: threading.Thread, drain: bool) -> None:
+def _shutdown(rt, thread: threading.Thread, drain: bool, pending: dict, lock: threading.Lock) -> None:
     rt.close(drain)  # joins the C++ workers, then closes the completion queue
     if thread is not threading.current_thread():
         thread.join()
+    # Every request gets a completion from C++; should one ever be missed, its future still fails, never hangs.
+    with lock:
+        orphans = [future for future, _ in pending.values()]
+        pending.clear()
+    for future in orphans:
+        if not future.done():
+            future.set_exception(RuntimeClosedError("the runtime closed before this request was answered"))
 
 
 def check_engine_matches(manifest: Manifest, device: str, expect: dict[str, Any], verify_sha256: bool) -> None:

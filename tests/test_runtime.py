@@ -378,3 +378,41 @@ def test_without_a_group_package_groups_are_refused_and_score_group_repeats_the_
         stats = rt.stats()
     assert_close(got, group_truth(module, source, [edited] * 2, ids), "repeated source")
     assert stats["groups"] == 0
+
+
+def test_close_without_drain_fails_every_queued_candidate(toy_group_engine):
+    manifest, _ = toy_group_engine
+    rng = np.random.default_rng(23)
+    source, edited, ids = make_request(rng, 5)
+    rt = RuntimeScorer.load(manifest, max_batch=4, max_delay_ms=5, inflight=1, max_queue=4096)
+    futures = [f for _ in range(60) for f in rt.submit_group(source, np.stack([edited] * MAX_GROUP), ids)]
+    rt.close(drain=False)  # most groups are still queued
+    outcomes = [f.exception(timeout=10) for f in futures]  # none may hang
+    stats = rt.stats()
+    failed = sum(isinstance(e, (BatchError, RuntimeClosedError)) for e in outcomes)
+    assert failed > 0 and failed + outcomes.count(None) == len(futures)
+    assert stats["failed"] == failed and stats["completed"] == outcomes.count(None)
+
+
+def test_group_limits_are_checked_and_score_group_waits_for_queue_room(toy_group_engine, tmp_path):
+    manifest, module = toy_group_engine
+    rng = np.random.default_rng(24)
+    source, edited, ids = make_request(rng, 5)
+    with pytest.raises(ValueError, match="max_group=8 exceeds max_queue=4"):
+        RuntimeScorer.load(manifest, max_queue=4)
+    with RuntimeScorer.load(manifest, max_batch=4, max_delay_ms=5, max_queue=MAX_GROUP) as rt:
+        candidates = [make_request(rng, 1)[1] for _ in range(3 * MAX_GROUP + 1)]  # more than the queue holds
+        assert_close(rt.score_group(source, candidates, ids), group_truth(module, source, candidates, ids),
+                     "through back-pressure")
+        with pytest.raises(ValueError, match="no candidates"):
+            rt.submit_group(source, np.zeros((0, IMAGE, IMAGE, 3), np.uint8), ids)
+    # A manifest that also serves 56 px singles: the group package still takes 28 px only.
+    d = json.loads(manifest.read_text())
+    d["buckets"].append({"text_len": 8, "package": "toy.pt2", "image_size": 56})
+    d["group"]["package"] = str(manifest.parent / d["group"]["package"])
+    d["buckets"] = [{**b, "package": str(manifest.parent / b["package"])} for b in d["buckets"]]
+    (tmp_path / "mixed.json").write_text(json.dumps(d))
+    with RuntimeScorer.load(tmp_path / "mixed.json", max_batch=4) as rt:
+        big = np.zeros((56, 56, 3), np.uint8)
+        with pytest.raises(ValueError, match="group package takes 28 px images only"):
+            rt.submit_group(big, np.stack([big]), ids)[0].result(timeout=10)
