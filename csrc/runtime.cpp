@@ -1,6 +1,7 @@
 #include "runtime.h"
 
 #include <algorithm>
+#include <functional>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -126,26 +127,23 @@ void Runtime::validate_text(const ArrayArg& text_ids, int64_t image_size) const 
 }
 
 void Runtime::submit(int64_t id, const ArrayArg& source, const ArrayArg& edited, const ArrayArg& text_ids) {
-  try {
+  Request r;
+  r.id = id;
+  admit(std::move(r), source, edited, text_ids, [&] {
     validate_image(source, "source_pixels", 0);
     validate_image(edited, "edited_pixels", 0);
     if (source.shape != edited.shape) {
       throw std::invalid_argument("source_pixels " + shape_str(source.shape) + " and edited_pixels " +
                                   shape_str(edited.shape) + " differ in size");
     }
-    validate_text(text_ids, source.shape[0]);
-  } catch (const std::invalid_argument&) {
-    stats_.on_invalid();
-    throw;
-  }
-  Request r;
-  r.id = id;
-  enqueue(std::move(r), source, edited, text_ids);
+  });
 }
 
 void Runtime::submit_group(const std::vector<int64_t>& ids, const ArrayArg& source, const ArrayArg& edited,
                            const ArrayArg& text_ids) {
-  try {
+  Request r;
+  r.candidate_ids = ids;
+  admit(std::move(r), source, edited, text_ids, [&] {
     if (config_.group_package.empty()) {
       throw std::invalid_argument("this runtime has no group engine (its manifest names no group package)");
     }
@@ -167,17 +165,18 @@ void Runtime::submit_group(const std::vector<int64_t>& ids, const ArrayArg& sour
       throw std::invalid_argument("source_pixels " + shape_str(source.shape) + " and edited_pixels " +
                                   shape_str(edited.shape) + " differ in image size");
     }
+  });
+}
+
+void Runtime::admit(Request&& r, const ArrayArg& source, const ArrayArg& edited, const ArrayArg& text_ids,
+                    const std::function<void()>& check_images) {
+  try {
+    check_images();
     validate_text(text_ids, source.shape[0]);
   } catch (const std::invalid_argument&) {
     stats_.on_invalid();
     throw;
   }
-  Request r;
-  r.candidate_ids = ids;
-  enqueue(std::move(r), source, edited, text_ids);
-}
-
-void Runtime::enqueue(Request&& r, const ArrayArg& source, const ArrayArg& edited, const ArrayArg& text_ids) {
   auto bytes = [](const ArrayArg& a) {
     int64_t n = 1;
     for (int64_t d : a.shape) n *= d;

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -57,8 +58,10 @@ class Runtime {
   // Each throws std::invalid_argument naming the argument and the rule.
   void validate_image(const ArrayArg& image, const char* name, size_t leading_dims) const;
   void validate_text(const ArrayArg& text_ids, int64_t image_size) const;
-  // Copies the validated arrays into the request (id or candidate ids already set) and queues it.
-  void enqueue(Request&& request, const ArrayArg& source, const ArrayArg& edited, const ArrayArg& text_ids);
+  // Runs `check_images` and the text checks (counting a failure as invalid), then copies the arrays into the
+  // request (id or candidate ids already set) and queues it.
+  void admit(Request&& request, const ArrayArg& source, const ArrayArg& edited, const ArrayArg& text_ids,
+             const std::function<void()>& check_images);
 
   RuntimeConfig config_;
   std::unique_ptr<Backend> backend_;
