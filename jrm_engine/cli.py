@@ -12,6 +12,17 @@ COMMANDS = {
 }
 
 
+def exit_status(command) -> int:
+    """Run `command()`; bad input (ValueError, FileNotFoundError, whose messages name the record or argument) is
+    one line on stderr and exit status 2 instead of a traceback."""
+    try:
+        command()
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:

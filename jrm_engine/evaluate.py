@@ -16,6 +16,7 @@ import textwrap
 import time
 from pathlib import Path
 
+from .cli import exit_status
 from .evaluation.benchmarks import BENCHMARKS, load_benchmark
 from .evaluation.metrics import METRICS
 from .evaluation.report import plot, table
@@ -134,12 +135,7 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        evaluate(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(lambda: evaluate(args))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from .backbone import build_tiny_backbone
 from .checkpoint import latest_checkpoint, restore_training_state, save_checkpoint
+from .cli import exit_status
 from .config import PRESETS, JRMConfig, load_config
 from .data.collate import Batch, PairCollator
 from .data.sources import build_datasets, vocabulary_for
@@ -283,13 +284,7 @@ def config_from_args(args: argparse.Namespace) -> JRMConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-        train(cfg, resume=args.resume, quiet=args.quiet)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(lambda: train(config_from_args(args), resume=args.resume, quiet=args.quiet))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .tuning import INTERPRET, dot_acc, dot_precision, logits_tile, tile_configs
+from .tuning import INTERPRET, dot_acc, dot_precision, labelled_row_block, logits_tile, tile_configs
 
 SLAB_BYTES = 128 << 20  # bounds the [T, Vc] logit-gradient slab; bigger slabs mean fewer dX accumulator passes
 _CHUNK_ALIGN = 256  # Vc is a multiple of every BLOCK_N / BLOCK_K used below
@@ -42,10 +42,7 @@ def _lm_dlogits_kernel(X, W, Rows, Count, Labels, Lse, Scale, Slab, v0, vc_len, 
     count = tl.load(Count)
     if pid_m * BLOCK_M >= count:
         return
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < count
-    rows = tl.load(Rows + offs_m, mask=mask_m, other=0).to(tl.int64)
-    labels = tl.load(Labels + offs_m, mask=mask_m, other=-1)
+    offs_m, mask_m, rows, labels = labelled_row_block(Rows, Labels, count, pid_m, BLOCK_M)
     lse = tl.load(Lse + offs_m, mask=mask_m, other=0.0)
     offs_c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_c = offs_c < vc_len

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .tuning import dot_precision, logits_tile, num_sms, tile_configs
+from .tuning import dot_precision, labelled_row_block, logits_tile, num_sms, tile_configs
 
 # (BLOCK_M rows, BLOCK_N vocab, BLOCK_K hidden, warps, stages)
 _CUDA_TILES = [(128, 128, 64, 8, 4), (128, 256, 64, 8, 3), (256, 128, 64, 8, 3)]
@@ -29,10 +29,7 @@ def _lm_lse_fwd_kernel(X, W, Rows, Count, Labels, PartLse, PartTgt, T, V, H,
     count = tl.load(Count)
     if pid_m * BLOCK_M >= count:
         return
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < count
-    rows = tl.load(Rows + offs_m, mask=mask_m, other=0).to(tl.int64)
-    labels = tl.load(Labels + offs_m, mask=mask_m, other=-1)
+    offs_m, mask_m, rows, labels = labelled_row_block(Rows, Labels, count, pid_m, BLOCK_M)
 
     tiles_per_split = tl.cdiv(tl.cdiv(V, BLOCK_N), SPLIT_V)
     v_begin = pid_s * tiles_per_split * BLOCK_N

@@ -41,6 +41,16 @@ def logits_tile(x_base, w_base, mask_rows, mask_cols, H, stride_xh, stride_wh, D
     return acc
 
 
+@triton.jit
+def labelled_row_block(Rows, Labels, count, pid_m, BLOCK_M: tl.constexpr):
+    """Block pid_m of the labelled rows: (offsets, mask, hidden-row indices, labels), inlined by Triton."""
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < count
+    rows = tl.load(Rows + offs_m, mask=mask_m, other=0).to(tl.int64)
+    labels = tl.load(Labels + offs_m, mask=mask_m, other=-1)
+    return offs_m, mask_m, rows, labels
+
+
 def tile_configs(cuda_tiles, interpret_tile):
     """`triton.Config`s from (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) tuples.
 

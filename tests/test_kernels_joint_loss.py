@@ -18,7 +18,7 @@ lm_backward_module = importlib.import_module("jrm_engine.kernels.lm_backward")  
 lm_cublas_module = importlib.import_module("jrm_engine.kernels.lm_cublas")
 from jrm_engine.kernels import lm_lse_forward, rank_loss_forward, select_labelled_rows  # noqa: E402
 from jrm_engine.losses import joint_loss  # noqa: E402
-from test_losses import truth_lm, truth_rank  # noqa: E402
+from test_losses import truth_joint  # noqa: E402
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 
@@ -52,13 +52,8 @@ def run(impl, inputs, **kw):
 
 def truth(inputs, *, alpha=0.7, rank_loss="bt", margin=0.0, tie_a=None, tie_b=None):
     hidden, weight, labels, rewards, chosen, rejected = inputs
-    h, w, r = (t.detach().double().requires_grad_() for t in (hidden, weight, rewards))
-    l_lm = truth_lm(h, w, labels)
-    l_rank = truth_rank(r, chosen, rejected, rank_loss, margin, tie_a, tie_b)
-    loss = (1 - alpha) * l_rank + alpha * l_lm
-    grads = torch.autograd.grad(loss, (h, w, r), allow_unused=True)
-    grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, (h, w, r))]
-    return [loss, l_rank, l_lm, *grads]
+    return truth_joint(hidden.double(), weight.double(), labels, rewards.double(), chosen, rejected, alpha=alpha,
+                       rank_loss=rank_loss, margin=margin, tie_a=tie_a, tie_b=tie_b)
 
 
 def rel_err(x, ref):

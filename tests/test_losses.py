@@ -61,6 +61,18 @@ def make_inputs(T=37, H=24, V=61, S=9, P=7, two=True, ignore_every=3, dtype=torc
     return hidden, weight, labels, rewards, chosen, rejected
 
 
+def truth_joint(hidden, weight, labels, rewards, chosen, rejected, *, alpha, rank_loss, margin, tie_a=None,
+                tie_b=None):
+    """[loss, rank loss, LM loss, d/dhidden, d/dweight, d/drewards] of the independent reference, in the inputs'
+    dtype (pass float64 for the truth)."""
+    h, w, r = (t.detach().clone().requires_grad_() for t in (hidden, weight, rewards))
+    l_lm = truth_lm(h, w, labels)
+    l_rank = truth_rank(r, chosen, rejected, rank_loss, margin, tie_a, tie_b)
+    loss = (1 - alpha) * l_rank + alpha * l_lm
+    grads = torch.autograd.grad(loss, (h, w, r), allow_unused=True)
+    return [loss, l_rank, l_lm, *(torch.zeros_like(t) if g is None else g for g, t in zip(grads, (h, w, r)))]
+
+
 def check_against_truth(inputs, rank_loss, margin, alpha=0.7, tie_a=None, tie_b=None):
     hidden, weight, labels, rewards, chosen, rejected = [t.clone().requires_grad_() if t.is_floating_point() else t
                                                          for t in inputs]
@@ -68,12 +80,8 @@ def check_against_truth(inputs, rank_loss, margin, alpha=0.7, tie_a=None, tie_b=
                      margin=margin, impl="torch", tie_a=tie_a, tie_b=tie_b)
     got = torch.autograd.grad(out.loss, (hidden, weight, rewards))
 
-    h2, w2, r2 = (t.detach().clone().requires_grad_() for t in (hidden, weight, rewards))
-    l_lm = truth_lm(h2, w2, labels)
-    l_rank = truth_rank(r2, chosen, rejected, rank_loss, margin, tie_a, tie_b)
-    ref = (1 - alpha) * l_rank + alpha * l_lm
-    want = torch.autograd.grad(ref, (h2, w2, r2), allow_unused=True)
-    want = [torch.zeros_like(t) if g is None else g for g, t in zip(want, (h2, w2, r2))]
+    ref, l_rank, l_lm, *want = truth_joint(hidden, weight, labels, rewards, chosen, rejected, alpha=alpha,
+                                           rank_loss=rank_loss, margin=margin, tie_a=tie_a, tie_b=tie_b)
 
     for name, a, b in [("loss", out.loss, ref), ("rank", out.rank_loss, l_rank), ("lm", out.lm_loss, l_lm)]:
         assert torch.allclose(a.double(), b, rtol=1e-6, atol=1e-12), f"{name}: {a.item()} vs {b.item()}"
