@@ -71,7 +71,12 @@ from .runtime_manifest import CONTRACT_INPUTS, Bucket, Manifest  # noqa: F401  (
 
 def _load_extension():
     """The compiled `jrm_engine._runtime`, checked against the running torch."""
-    ext = _find_extension()
+    try:
+        from . import _runtime as ext
+    except ImportError as e:
+        raise ImportError("jrm_engine._runtime (the C++ runtime) is not built: run "
+                          "`pip install --no-build-isolation --no-deps .` in the checkout (it compiles against the "
+                          "installed torch)") from e
     built, running = ext.torch_version, torch.__version__.split("+")[0]
     if built.split(".")[:2] != running.split(".")[:2]:
         raise ImportError(f"{ext.__file__} was compiled against torch {built} but this process runs torch "
@@ -79,36 +84,6 @@ def _load_extension():
                           f"`pip install --no-build-isolation --no-deps .` (or `--target DIR` and put DIR first on "
                           f"PYTHONPATH)")
     return ext
-
-
-def _find_extension():
-    """This package's `_runtime`; from a source checkout, the copy `pip install .` put beside its metadata."""
-    try:
-        from . import _runtime as ext
-
-        return ext
-    except ImportError:
-        pass
-    import importlib.machinery
-    import importlib.metadata
-    import importlib.util
-    import sys
-
-    try:
-        folder = Path(importlib.metadata.distribution("jrm-engine").locate_file("jrm_engine"))
-    except importlib.metadata.PackageNotFoundError:
-        folder = None
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = folder / f"_runtime{suffix}" if folder else None
-        if path and path.is_file():
-            spec = importlib.util.spec_from_file_location(f"{__package__}._runtime", path)
-            ext = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(ext)
-            sys.modules[spec.name] = ext
-            return ext
-    raise ImportError("jrm_engine._runtime (the C++ runtime) is not built: run "
-                      "`pip install --no-build-isolation --no-deps .` in the checkout (it compiles against the "
-                      "installed torch)")
 
 
 _runtime = _load_extension()
