@@ -13,9 +13,17 @@
         rewards = scorer.score(sources, instructions, edited)     # rows become requests, batched by the runtime
     # leaving the block answers every queued request, then stops the runtime's threads (a no-op elsewhere)
 
-Images may be PIL images, numpy arrays or paths; each is resized to the engine's image size with the same
-`load_image` the trainer uses (bicubic, RGB), so a differently sized image is resized, not rejected. A corrupt
-image raises ValueError naming the input. An instruction longer than the largest text bucket raises ValueError.
+Images may be paths, encoded bytes, PIL images or numpy arrays; each goes through the same `load_image` the
+trainer uses (`jrm_engine.images.to_rgb`, then bicubic resize), so a differently sized image is resized, not
+rejected, and these conversions are documented, not errors: grayscale -> RGB; alpha (RGBA, LA, transparent
+palette, [H, W, 4]) composited over white; palette -> its colours; 16-bit (I;16 PNG, uint16 arrays) -> 8 bits
+(v * 255 / 65535); float arrays in [0, 1] scaled by 255, in [0, 255] kept; bool arrays -> 0 / 255. Bad input
+raises, naming the argument and the item index (`edited[3]: ...`): ValueError for an
+unreadable, missing or empty (0-pixel) image, one of more than `max_image_pixels` pixels (default 64 Mpixel,
+checked from the file header before decoding; `Scorer.load(..., max_image_pixels=N)`), NaN/inf or out-of-range
+values, a shape that is not an image, an empty or too long instruction (more tokens than the largest text bucket),
+lists of different lengths or an empty batch; TypeError for an input of the wrong type (an instruction that is not
+a str, a single image where a list is expected, an array dtype that is not an image's).
 
 Backends are a registry (`register_backend`): each loader returns an `Engine` (the scoring-graph signature on
 torch tensors, plus what the Scorer needs to prepare inputs). Engines exported by `jrm-export` carry a manifest
@@ -34,6 +42,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .vision import ImageLike, load_image
 
@@ -57,6 +66,9 @@ class Engine:
     submit: Callable[..., Future] | None = None
     close: Callable[[], None] | None = None
     stats: Callable[[], dict] | None = None
+    # Asynchronous engines with a group package: submit_group(source (S,S,3), edited (G,S,S,3), text_ids (n,),
+    # return_log_sigma=bool) -> one Future per candidate, any G (chunked to the package's max_group).
+    submit_group: Callable[..., list[Future]] | None = None
 
 
 BACKENDS: dict[str, Callable[..., Engine]] = {}
@@ -183,8 +195,14 @@ def load_runtime(path, device: str | None = None, max_batch: int | None = None, 
     runtime = RuntimeScorer.load(manifest_path(path), device=device, max_batch=max_batch, max_delay_ms=max_delay_ms,
                                  max_queue=max_queue, **runtime_options)
     settings = manifest["settings"]
-    run_group = None
+    run_group = submit_group = None
     if runtime.manifest.group is not None:  # through the runtime's group engine: the source encoded once
+
+        def submit_group(source, edited, text_ids, return_log_sigma=False):
+            step = runtime.manifest.max_group
+            return [f for i in range(0, len(edited), step)
+                    for f in runtime.submit_group(source, edited[i:i + step], text_ids,
+                                                  return_log_sigma=return_log_sigma)]
 
         def run_group(source, text_ids, text_lengths, edited):
             ids = text_ids[0, : int(text_lengths[0])].numpy()
@@ -194,7 +212,7 @@ def load_runtime(path, device: str | None = None, max_batch: int | None = None, 
 
     return Engine(run=runtime.run_batch, run_group=run_group, tokenizer=tokenizer, image_size=manifest["image_size"],
                   buckets=tuple(settings["buckets"]), max_batch=runtime.max_batch, info=manifest,
-                  submit=runtime.submit, close=runtime.close, stats=runtime.stats)
+                  submit=runtime.submit, close=runtime.close, stats=runtime.stats, submit_group=submit_group)
 
 
 register_backend("torch", load_torch)
@@ -206,14 +224,16 @@ register_backend("runtime", load_runtime)
 
 # ---- the scorer -----------------------------------------------------------------------------------------------
 class Scorer:
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, max_image_pixels: int | None = None):
         self.engine = engine
+        self.max_image_pixels = max_image_pixels  # None: jrm_engine.images.DEFAULT_MAX_PIXELS
 
     @classmethod
-    def load(cls, path: str | Path, backend: str = "torch", **options) -> "Scorer":
+    def load(cls, path: str | Path, backend: str = "torch", max_image_pixels: int | None = None,
+             **options) -> "Scorer":
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; available: {', '.join(sorted(BACKENDS))}")
-        return cls(BACKENDS[backend](path, **options))
+        return cls(BACKENDS[backend](path, **options), max_image_pixels=max_image_pixels)
 
     @property
     def image_size(self) -> int:
@@ -230,12 +250,31 @@ class Scorer:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _pixels(self, images: Sequence[ImageLike], what: str) -> torch.Tensor:
-        arrays = [load_image(im, self.image_size, name=f"{what}[{i}]") for i, im in enumerate(images)]
+    def _image(self, image: ImageLike, name: str) -> np.ndarray:
+        return load_image(image, self.image_size, name=name, max_pixels=self.max_image_pixels)
+
+    def _pixels(self, images: Sequence[ImageLike], what: str, offset: int = 0) -> torch.Tensor:
+        """`offset`: the index of images[0] in the caller's list, so errors name the caller's index."""
+        arrays = [self._image(im, f"{what}[{offset + i}]") for i, im in enumerate(images)]
         return torch.from_numpy(np.stack(arrays))  # [B, S, S, 3] uint8
 
+    @staticmethod
+    def _items(values, what: str) -> list:
+        """A list argument as a list; a lone image or string (which would iterate as pixels rows or characters)
+        is refused."""
+        lone = (str, bytes, bytearray, Path, Image.Image) if what != "instructions" else (str, bytes)
+        if isinstance(values, lone) or (isinstance(values, np.ndarray) and values.ndim != 4):
+            raise TypeError(f"{what}: expected a list, got a single {type(values).__name__}"
+                            + (f" of shape {values.shape}" if isinstance(values, np.ndarray) else ""))
+        try:
+            return list(values)
+        except TypeError:
+            raise TypeError(f"{what}: expected a list, got {type(values).__name__}") from None
+
     def _token_ids(self, text: str, what: str) -> list[int]:
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str):
+            raise TypeError(f"{what}: expected a str, got {type(text).__name__}")
+        if not text.strip():
             raise ValueError(f"{what}: empty instruction")
         row = self.engine.tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(row) > self.engine.buckets[-1]:
@@ -243,8 +282,11 @@ class Scorer:
                              f"({self.engine.buckets[-1]}); re-export with a larger --buckets or shorten it")
         return row
 
-    def _text(self, instructions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = [self._token_ids(text, f"instructions[{i}]") for i, text in enumerate(instructions)]
+    def _text(self, instructions: Sequence[str], offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._padded([self._token_ids(text, f"instructions[{offset + i}]")
+                             for i, text in enumerate(instructions)])
+
+    def _padded(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         bucket = next(b for b in self.engine.buckets if b >= max(map(len, ids)))
         text_ids = torch.zeros(len(ids), bucket, dtype=torch.long)  # contract: right-padded with 0
         for i, row in enumerate(ids):
@@ -269,19 +311,47 @@ class Scorer:
             return failed
         return self.engine.submit(source_pixels, edited_pixels, text_ids, return_log_sigma=return_log_sigma)
 
+    def submit_group(self, source: ImageLike, instruction: str, edited: Sequence[ImageLike], *,
+                     return_log_sigma: bool = False) -> list[Future]:
+        """G edits of one source and instruction, batched with every other thread's requests (runtime backend):
+        one Future per candidate, in order. With a group package the source is encoded once per chunk of up to
+        max_group candidates; without one each candidate is its own request. Bad input fails every future of the
+        group with a ValueError naming the input; a full queue raises `QueueFullError` here."""
+        if self.engine.submit is None:
+            raise NotImplementedError("submit_group() needs an asynchronous backend (backend='runtime'); this "
+                                      "engine scores synchronously: use score_group()")
+        if not len(edited):
+            raise ValueError("edited: empty list of candidates")
+        try:
+            source_pixels = load_image(source, self.image_size, name="source")
+            pixels = np.stack([load_image(im, self.image_size, name=f"edited[{i}]") for i, im in enumerate(edited)])
+            text_ids = np.asarray(self._token_ids(instruction, "instruction"), dtype=np.int64)
+        except ValueError as e:
+            failed = [Future() for _ in edited]
+            for future in failed:
+                future.set_exception(e)
+            return failed
+        if self.engine.submit_group is None:
+            return [self.engine.submit(source_pixels, p, text_ids, return_log_sigma=return_log_sigma) for p in pixels]
+        return self.engine.submit_group(source_pixels, pixels, text_ids, return_log_sigma=return_log_sigma)
+
     def score(self, sources: Sequence[ImageLike], instructions: Sequence[str], edited: Sequence[ImageLike], *,
               return_log_sigma: bool = False):
         """Rewards [B] (with `return_log_sigma`, also log sigma [B] for uncertainty heads)."""
+        sources, instructions, edited = (self._items(v, what) for v, what in
+                                         ((sources, "sources"), (instructions, "instructions"), (edited, "edited")))
         if not len(sources) == len(instructions) == len(edited):
             raise ValueError(f"sources, instructions and edited must have the same length, got {len(sources)}, "
                              f"{len(instructions)}, {len(edited)}")
+        if not sources:
+            raise ValueError("sources: empty batch, nothing to score")
         rewards, sigmas = [], []
         step = self.engine.max_batch
         for start in range(0, len(sources), step):
             end = start + step
-            text_ids, lengths = self._text(instructions[start:end])
-            r, s = self.engine.run(self._pixels(sources[start:end], "sources"),
-                                   self._pixels(edited[start:end], "edited"), text_ids, lengths)
+            text_ids, lengths = self._text(instructions[start:end], offset=start)
+            r, s = self.engine.run(self._pixels(sources[start:end], "sources", start),
+                                   self._pixels(edited[start:end], "edited", start), text_ids, lengths)
             rewards.append(r)
             sigmas.append(s)
         return self._result(rewards, sigmas, return_log_sigma)
@@ -291,14 +361,15 @@ class Scorer:
         """Rewards [G] for G edits of one source and instruction; the source is encoded once where the backend
         supports it (torch; compiled and runtime with the group package `jrm-export --aoti` writes), else
         repeated per candidate."""
-        if not len(edited):
+        edited = self._items(edited, "edited")
+        if not edited:
             raise ValueError("edited: empty list of candidates")
-        source_pixels = self._pixels([source], "source")
-        text_ids, lengths = self._text([instruction])
+        source_pixels = torch.from_numpy(self._image(source, "source")[None])
+        text_ids, lengths = self._padded([self._token_ids(instruction, "instruction")])
         rewards, sigmas = [], []
         step = self.engine.max_batch
         for start in range(0, len(edited), step):
-            pixels = self._pixels(edited[start:start + step], "edited")
+            pixels = self._pixels(edited[start:start + step], "edited", start)
             g = pixels.shape[0]
             if self.engine.run_group is not None:
                 r, s = self.engine.run_group(source_pixels, text_ids, lengths, pixels)
