@@ -23,16 +23,29 @@ def truth_lm(hidden, weight, labels):
     return -logp[keep.nonzero()[:, 0], labels[keep]].mean()
 
 
+def truth_uncertain_nll(d, s):
+    """-log E[sigmoid(z)], z ~ N(d, s^2), per pair, by brute force: a float64 Riemann sum over +-14 sd with the step
+    min(s, 1) / 40 in z, in log space. For d > 0 it integrates the other side, 1 - E[sigmoid(z)] = E[sigmoid(-z)], so
+    that a loss of 1e-22 is computed rather than rounded to 0. The grid is fixed in standard units u = (z - d) / s, so
+    autograd differentiates the sum in d and s exactly."""
+    out = []
+    for d_i, s_i in zip(d.unbind(), s.unbind()):
+        s_f = float(s_i.detach())
+        step = min(s_f, 1.0) / 40 / s_f
+        u = torch.arange(-14.0, 14.0 + step / 2, step, dtype=torch.float64)
+        small = torch.where(d_i > 0, -d_i, d_i)
+        log_e = (torch.logsumexp(torch.nn.functional.logsigmoid(small + s_i * u) - 0.5 * u * u, 0)
+                 + math.log(step) - 0.5 * math.log(2 * math.pi))
+        out.append(torch.where(d_i > 0, -torch.log1p(-torch.exp(log_e)), -log_e))
+    return torch.stack(out) if out else d * 0.0
+
+
 def truth_pair(mu_c, mu_r, ls_c, ls_r, rank_loss, margin):
-    """-log P(c > r): plain logistic, or a 64-node Gauss-Hermite mean of sigmoid computed directly (not in log space)."""
+    """-log P(c > r): plain logistic, or the brute-force integral above."""
     d = mu_c - mu_r - margin
     if rank_loss == "bt":
         return torch.log1p(torch.exp(-d))
-    x, w = np.polynomial.hermite.hermgauss(64)
-    x, w = torch.tensor(x, dtype=torch.float64), torch.tensor(w, dtype=torch.float64)
-    s = torch.sqrt(torch.exp(ls_c) ** 2 + torch.exp(ls_r) ** 2)
-    z = d[:, None] + math.sqrt(2) * s[:, None] * x[None, :]
-    return -torch.log((w / (1 + torch.exp(-z))).sum(1) / math.sqrt(math.pi))
+    return truth_uncertain_nll(d, torch.sqrt(torch.exp(ls_c) ** 2 + torch.exp(ls_r) ** 2))
 
 
 def truth_rank(rewards, chosen, rejected, rank_loss, margin, tie_a=None, tie_b=None):
@@ -135,6 +148,60 @@ def test_alpha_extremes():
     inputs = make_inputs()
     check_against_truth(inputs, "bt", 0.0, alpha=0.0)
     check_against_truth(inputs, "bt_uncertainty", 0.0, alpha=1.0)
+
+
+# The issue's ranges: sigma from 0.01 to 100 and |m| up to 50 (m = mu_c - mu_r - margin), both rules and their seam.
+GRID_SIGMAS = (0.01, 0.03, 0.1, 0.3, 0.7, 1.0, 1.01, 1.5, 2.0, 3.0, 5.0, 7.0, 10.0, 12.0, 30.0, 100.0)
+GRID_MARGINS = (-50.0, -20.0, -5.0, -1.0, -0.1, 0.0, 0.1, 1.0, 5.0, 20.0, 50.0)
+
+
+def uncertainty_grid(dtype=torch.float64):
+    """rewards [2N, 2] (pair k: row 2k beats row 2k + 1, sigma split unevenly between them), chosen, rejected."""
+    rows = []
+    for k, (sigma, m) in enumerate((s, m) for s in GRID_SIGMAS for m in GRID_MARGINS):
+        share = 0.5 if k % 2 else 0.9  # fraction of the variance carried by the chosen row
+        rows += [[m + 0.25, 0.5 * math.log(share * sigma ** 2)], [0.25, 0.5 * math.log((1 - share) * sigma ** 2)]]
+    rewards = torch.tensor(rows, dtype=dtype)
+    n = rewards.shape[0] // 2
+    return rewards, torch.arange(0, 2 * n, 2), torch.arange(1, 2 * n, 2)
+
+
+def truth_grid(rewards, chosen, rejected):
+    """(per-pair loss [N], d loss_sum / d rewards [2N, 2]) of the brute-force integral."""
+    r = rewards.detach().double().requires_grad_()
+    nll = truth_pair(r[chosen, 0], r[rejected, 0], r[chosen, 1], r[rejected, 1], "bt_uncertainty", 0.0)
+    nll.sum().backward()
+    return nll.detach(), r.grad
+
+
+def assert_close_to_grid_truth(name, got, want, loss):
+    """Within 1e-6 relative; the floor 1e-12 * loss only matters where the truth is 0 (d/dlog sigma at m = 0)."""
+    floor = 1e-12 * loss.abs()
+    if got.dim() == 2:
+        floor = floor.repeat_interleave(2)[:, None]
+    err = (got.double() - want).abs()
+    bad = err > 1e-6 * want.abs() + floor
+    if bad.any():
+        first = bad.nonzero()[:5].tolist()
+        raise AssertionError(f"{name}: first bad {first}: got {got[bad][:5].tolist()} want {want[bad][:5].tolist()}")
+
+
+def test_uncertainty_grid_matches_brute_force_integral():
+    rewards, chosen, rejected = uncertainty_grid()
+    want_nll, want_grad = truth_grid(rewards, chosen, rejected)
+    from jrm_engine.losses import pair_nll_torch
+    r = rewards.clone().requires_grad_()
+    nll = pair_nll_torch(r[chosen, 0], r[rejected, 0], r[chosen, 1], r[rejected, 1], rank_loss="bt_uncertainty",
+                         margin=0.0)
+    nll.sum().backward()
+    assert_close_to_grid_truth("loss", nll.detach(), want_nll, want_nll)
+    assert_close_to_grid_truth("d/d(mu, log sigma)", r.grad, want_grad, want_nll)
+    # float32 rewards get the same float64 arithmetic: only the final rounding to float32 differs
+    r32 = rewards.float().requires_grad_()
+    nll32 = pair_nll_torch(r32[chosen, 0], r32[rejected, 0], r32[chosen, 1], r32[rejected, 1],
+                           rank_loss="bt_uncertainty", margin=0.0)
+    want32, _ = truth_grid(r32, chosen, rejected)
+    assert_close_to_grid_truth("float32 loss", nll32.detach(), want32, want32)
 
 
 def test_uncertainty_quadrature_matches_monte_carlo():
