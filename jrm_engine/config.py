@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,7 +71,9 @@ class TrainConfig:
     # Tuned for the tiny default on 2 CPU cores (~10 min): batch 32 at lr 3e-3 learnt more per sample than
     # batch 16 at 2e-3 or 4e-3 (held-out 0.75 vs 0.68-0.72, README "Training results").
     max_steps: int = 1400
-    batch_pairs: int = 32  # preference pairs per optimizer step (2 sequences each)
+    # Preference pairs (2 sequences each) per micro-batch, summed over all ranks: each of N ranks takes
+    # batch_pairs / N of them, so an optimizer step sees batch_pairs * grad_accum pairs at any world size.
+    batch_pairs: int = 32
     grad_accum: int = 1
     lr: float = 3e-3
     head_lr: float | None = None  # None = lr
@@ -84,6 +87,8 @@ class TrainConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     bf16: bool = True  # bf16 autocast, on CUDA only
     num_threads: int | None = None  # torch CPU threads; None = torch's default
+    # Under torchrun: "ddp" | "fsdp" (FSDP2) | "auto" (ddp when the model fits one device, else fsdp) | "none"
+    parallel: str = "auto"
 
 
 @dataclass
@@ -151,7 +156,58 @@ def load_config(preset: str = "tiny", file: str | Path | None = None,
         _merge(cfg, data, "")
     if overrides:
         cfg.override(overrides)
+    validate(cfg)
     return cfg
+
+
+# Allowed values and ranges, checked once the sources are merged, so that a bad field stops the command before it
+# writes anything (a step count of 0 would otherwise train nothing and save an untrained checkpoint).
+CHOICES = {"model.reward_head": ("linear", "mlp"), "data.source": ("synthetic", "editreward"),
+           "data.ties": ("drop", "tie_term"), "loss.rank_loss": ("bt", "bt_uncertainty"),
+           "loss.impl": ("auto", "torch", "triton")}
+AT_LEAST_ONE = ("model.image_size", "model.max_length", "data.n_train", "data.n_heldout", "train.max_steps",
+                "train.batch_pairs", "train.grad_accum", "train.eval_every", "train.save_every", "train.num_threads")
+POSITIVE = ("train.lr", "train.head_lr", "train.grad_clip")
+UNIT_INTERVAL = ("loss.alpha", "train.warmup_frac")
+
+
+def validate(cfg: "JRMConfig") -> None:
+    """Types (those of the defaults) and ranges of every field; a ValueError names the first bad one."""
+    defaults = _flatten(JRMConfig().to_dict())
+    for key, value in _flatten(cfg.to_dict()).items():
+        default = defaults.get(key)
+        if value is None or default is None:
+            continue
+        if isinstance(default, bool) or isinstance(value, bool):
+            ok = isinstance(value, bool) and isinstance(default, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and math.isfinite(value)
+        elif isinstance(default, (list, tuple)):
+            ok = isinstance(value, (list, tuple)) and len(value) == len(default)
+        else:
+            ok = isinstance(value, type(default))
+        if not ok:
+            raise ValueError(f"config {key}: expected {type(default).__name__} like {default!r}, got {value!r}")
+        if key in CHOICES and value not in CHOICES[key]:
+            raise ValueError(f"config {key}: must be one of {CHOICES[key]}, got {value!r}")
+        if key in AT_LEAST_ONE and value < 1:
+            raise ValueError(f"config {key}: must be at least 1, got {value}")
+        if key in POSITIVE and not value > 0:
+            raise ValueError(f"config {key}: must be positive, got {value}")
+        if key in UNIT_INTERVAL and not 0.0 <= value <= 1.0:
+            raise ValueError(f"config {key}: must be in [0, 1], got {value}")
+    if cfg.model.image_size % 28:
+        raise ValueError(f"config model.image_size: must be a multiple of 28, got {cfg.model.image_size}")
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _merge(obj: Any, d: dict[str, Any], prefix: str) -> None:
@@ -177,6 +233,8 @@ def _set_dotted(cfg: Any, key: str, value: Any) -> None:
         obj = getattr(obj, p)
     if leaf not in {f.name for f in dataclasses.fields(obj)}:
         raise ValueError(f"unknown config key {key!r}")
+    if dataclasses.is_dataclass(getattr(obj, leaf)):
+        raise ValueError(f"config key {key!r} is a section: set its fields ({key}.NAME=VALUE)")
     setattr(obj, leaf, _coerce(value, getattr(obj, leaf), key))
 
 

@@ -88,14 +88,19 @@ class RewardModel(nn.Module):
         return RewardOutput(hidden, self.head(features), features)
 
     # ---- persistence -------------------------------------------------------------------------------------------
-    def save_pretrained(self, folder: str | Path) -> None:
-        """Backbone as a normal HF model folder under `backbone/`, the head and the config beside it."""
+    def save_pretrained(self, folder: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Backbone as a normal HF model folder under `backbone/`, the head and the config beside it.
+
+        `state_dict` (this module's keys): weights to write instead of the live ones, e.g. the full weights
+        gathered from FSDP2 shards."""
         folder = Path(folder)
-        self.backbone.save_pretrained(folder / "backbone")
+        state_dict = self.state_dict() if state_dict is None else state_dict
+        part = lambda prefix: {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        self.backbone.save_pretrained(folder / "backbone", state_dict=part("backbone."))
         self.tokenizer.save_pretrained(folder / "backbone")
         (folder / "backbone" / "preprocessor_config.json").write_text(
             json.dumps(self.spec.to_preprocessor_config(), indent=2))
-        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, folder / HEAD_FILE)
+        save_file({k: v.contiguous() for k, v in part("head.").items()}, folder / HEAD_FILE)
         (folder / JRM_FILE).write_text(self.config.to_json())
 
     @classmethod

@@ -15,14 +15,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+from torch.distributed.elastic.multiprocessing.errors import record
 from tqdm import tqdm
 
 from .backbone import build_tiny_backbone
 from .checkpoint import latest_checkpoint, restore_training_state, save_checkpoint
+from . import distributed
 from .cli import exit_status
 from .config import PRESETS, JRMConfig, load_config
 from .data.collate import Batch, PairCollator
 from .data.sources import build_datasets, vocabulary_for
+from .distributed import Dist
 from .losses import joint_loss
 from .metrics import effective_rank, pairwise_accuracy
 from .model import RewardModel
@@ -50,14 +54,29 @@ def loss_impl(cfg: JRMConfig, device: torch.device) -> str:
     return "triton" if device.type == "cuda" else "torch"
 
 
+def shard(items: list, world_size: int, rank: int) -> list:
+    """Rank `rank`'s contiguous share of `items`; shares differ in size by at most one."""
+    lo, hi = len(items) * rank // world_size, len(items) * (rank + 1) // world_size
+    return items[lo:hi]
+
+
 class StepSampler:
     """The pairs of optimizer step s, micro-batch m: a pure function of (seed, s, m), so a resumed run sees
-    exactly the batches an uninterrupted one would."""
+    exactly the batches an uninterrupted one would.
 
-    def __init__(self, n: int, batch: int, grad_accum: int, seed: int):
+    `batch` counts the pairs of one micro-batch over all ranks; rank r of N takes its contiguous share of them,
+    whole pairs only (the rank loss needs both candidates). N processes thus see exactly the pairs one process
+    sees, each once per epoch, and a rank reads only its own rows."""
+
+    def __init__(self, n: int, batch: int, grad_accum: int, seed: int, world_size: int = 1, rank: int = 0):
         if n < batch:
             raise ValueError(f"data has {n} training pairs, fewer than train.batch_pairs={batch}")
+        if world_size > batch:
+            raise ValueError(f"world size {world_size} is larger than train.batch_pairs={batch}, the pairs of one "
+                             "micro-batch over all ranks (each rank needs at least one whole pair): raise "
+                             f"train.batch_pairs to at least {world_size} or launch fewer processes")
         self.n, self.batch, self.accum, self.seed = n, batch, grad_accum, seed
+        self.world_size, self.rank = world_size, rank
         self.per_epoch = n // batch
         self._epoch, self._perm = -1, None
 
@@ -67,15 +86,18 @@ class StepSampler:
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
-        return self._perm[pos * self.batch:(pos + 1) * self.batch].tolist()
+        return shard(self._perm[pos * self.batch:(pos + 1) * self.batch].tolist(), self.world_size, self.rank)
 
 
-def make_model(cfg: JRMConfig, out: Path) -> RewardModel:
+def make_model(cfg: JRMConfig, out: Path, dist: Dist = Dist()) -> RewardModel:
     folder = cfg.model.backbone
     if folder is None:
-        spec = VisionSpec(image_size=cfg.model.image_size)
-        folder = build_tiny_backbone(out / "tiny-backbone", vocabulary_for(cfg.data), cfg.model.tiny, spec,
-                                     cfg.model.reward_token, seed=cfg.train.seed)
+        folder = out / "tiny-backbone"
+        if dist.is_main:
+            spec = VisionSpec(image_size=cfg.model.image_size)
+            build_tiny_backbone(folder, vocabulary_for(cfg.data), cfg.model.tiny, spec, cfg.model.reward_token,
+                                seed=cfg.train.seed)
+        dist.barrier()  # the other ranks load the folder rank 0 wrote
     return RewardModel.from_backbone(folder, cfg)
 
 
@@ -111,32 +133,62 @@ def compute_loss(model: RewardModel, batch: Batch, cfg: JRMConfig, impl: str):
     return result, out
 
 
+class JointObjective(nn.Module):
+    """The model and its joint loss in one forward: the module DDP or FSDP2 wraps. Under FSDP2 the LM head weight
+    (the tied embedding) is a sharded parameter of the root group; read inside this forward it is the whole
+    weight FSDP2 has just gathered, which the fused loss needs."""
+
+    def __init__(self, model: RewardModel, cfg: JRMConfig, impl: str):
+        super().__init__()
+        self.model, self.cfg, self.impl = model, cfg, impl
+
+    def forward(self, batch: Batch):
+        return compute_loss(self.model, batch, self.cfg, self.impl)
+
+
+def rank_terms(batch: Batch) -> int:
+    """Terms the rank loss averages over: pairs and tie pairs (see losses.rank_loss_torch)."""
+    return len(batch.chosen) + len(batch.tie_a)
+
+
 @torch.no_grad()
-def evaluate(model: RewardModel, pairs, collate: PairCollator, cfg: JRMConfig, device, impl: str,
+def evaluate(objective: nn.Module, pairs, collate: PairCollator, cfg: JRMConfig, device, dist: Dist = Dist(),
              batch_pairs: int = 32, keep_features: bool = False) -> dict:
-    model.eval()
+    """Held-out metrics of `objective` (a JointObjective; under FSDP2 the sharded one). Each batch is split
+    across ranks like a training micro-batch and the sums gathered, so the figures equal one process's."""
+    objective.eval()
     correct = total = 0
-    rank_sum = lm_sum = 0.0
-    n_batches = 0
+    sums = []  # per batch: rank-loss sum, its terms, LM-loss sum, labelled tokens (this rank's share)
     features = []
     for start in range(0, len(pairs), batch_pairs):
-        batch = collate([pairs[i] for i in range(start, min(len(pairs), start + batch_pairs))]).to(device)
+        rows = list(range(start, min(len(pairs), start + batch_pairs)))
+        mine = shard(rows, dist.world_size, dist.rank)
+        # FSDP2's forward is a collective every rank must join: a rank with no share of a short last batch
+        # scores the batch's first pair and drops the result.
+        batch = collate([pairs[i] for i in (mine or rows[:1])]).to(device)
         with autocast(device, cfg):
-            result, out = compute_loss(model, batch, cfg, impl)
+            result, out = objective(batch)
+        if not mine:
+            sums.append([0.0, 0, 0.0, 0])
+            continue
         if len(batch.chosen):
             correct += int(pairwise_accuracy(out.rewards.float(), batch.chosen, batch.rejected).item()
                            * len(batch.chosen) + 0.5)
             total += len(batch.chosen)
-        rank_sum += float(result.rank_loss)
-        lm_sum += float(result.lm_loss)
-        n_batches += 1
+        sums.append([float(result.rank_loss) * rank_terms(batch), rank_terms(batch),
+                     float(result.lm_loss) * batch.num_labelled, batch.num_labelled])
         if keep_features:
             features.append(out.features.float().cpu())
-    model.train()
-    metrics = {"accuracy": correct / max(1, total), "pairs": total, "rank_loss": rank_sum / n_batches,
-               "lm_loss": lm_sum / n_batches}
+    objective.train()
+    reduced = dist.all_reduce_sum([x for row in sums for x in row] + [correct, total])
+    per_batch = [reduced[i:i + 4] for i in range(0, 4 * len(sums), 4)]
+    correct, total = int(reduced[-2]), int(reduced[-1])
+    metrics = {"accuracy": correct / max(1, total), "pairs": total,
+               "rank_loss": sum(r[0] / max(r[1], 1) for r in per_batch) / len(per_batch),
+               "lm_loss": sum(r[2] / max(r[3], 1) for r in per_batch) / len(per_batch)}
     if keep_features:
-        metrics["effective_rank"] = effective_rank(torch.cat(features))
+        gathered = dist.all_gather_object(torch.cat(features) if features else None)
+        metrics["effective_rank"] = effective_rank(torch.cat([f for f in gathered if f is not None]))
     return metrics
 
 
@@ -146,61 +198,109 @@ def autocast(device: torch.device, cfg: JRMConfig):
 
 
 def train(cfg: JRMConfig, resume: bool = False, quiet: bool = False) -> dict:
+    """One process, or one rank of a torchrun job (RANK / WORLD_SIZE set): same arguments, same result."""
+    dist, device = distributed.init(cfg.train.parallel, resolve_device(cfg.train.device))
+    try:
+        return _train(cfg, dist, device, resume, quiet)
+    except BaseException as e:
+        if dist.active:  # torchrun's summary names the first failed rank; this line says why, next to it
+            print(f"rank {dist.rank} of {dist.world_size} failed: {type(e).__name__}: {e}", file=sys.stderr,
+                  flush=True)
+        raise
+    finally:
+        distributed.shutdown(dist)
+
+
+def _comparable(cfg: JRMConfig) -> dict:
+    """The config fields that decide the training result: `train.parallel` only chooses how it is computed, so a
+    run may resume on another world size or wrapper."""
+    d = cfg.to_dict()
+    d["train"] = {k: v for k, v in d["train"].items() if k != "parallel"}
+    return d
+
+
+def _train(cfg: JRMConfig, dist: Dist, device: torch.device, resume: bool, quiet: bool) -> dict:
     tc = cfg.train
     out = Path(tc.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(tc.device)
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
     seed_everything(tc.seed)
     impl = loss_impl(cfg, device)
+    distributed.check_same_config(dist, cfg.to_dict())
+    main_rank = dist.is_main  # only rank 0 prints, logs, plots and writes checkpoints
+    say = print if main_rank else (lambda *args, **kwargs: None)
 
     ckpt = latest_checkpoint(out) if resume else None
     if ckpt is not None:
         saved = JRMConfig.from_dict(json.loads((ckpt / "jrm.json").read_text()))
-        if saved.to_dict() != cfg.to_dict():
+        if _comparable(saved) != _comparable(cfg):
             raise ValueError(f"--resume: the config differs from the one saved in {ckpt}; "
                              "resume with the same arguments (see jrm.json there)")
         model = RewardModel.from_pretrained(ckpt)
     else:
-        model = make_model(cfg, out)
+        model = make_model(cfg, out, dist)
     model.to(device)
+    distributed.broadcast_module(model, dist)
     if device.type == "cuda" and cfg.model.gradient_checkpointing:
         model.backbone.gradient_checkpointing_enable()
     model.train()
 
     train_set, heldout = build_datasets(cfg.data, cfg.model.image_size)
     collate = PairCollator(model.layout, model.spec)
-    sampler = StepSampler(len(train_set), tc.batch_pairs, tc.grad_accum, tc.seed)
+    sampler = StepSampler(len(train_set), tc.batch_pairs, tc.grad_accum, tc.seed, dist.world_size, dist.rank)
+    objective = JointObjective(model, cfg, impl)
+    mode, why = distributed.choose_parallel(tc.parallel, dist, model, device)
+    wrapped = distributed.wrap(objective, mode, dist, device, tc.bf16)
+    if dist.active:
+        say(f"{dist.world_size} processes, --parallel {mode} ({why}); {tc.batch_pairs * tc.grad_accum} pairs "
+            f"per optimizer step, about {tc.batch_pairs // dist.world_size} per rank per micro-batch")
+    # After wrapping: FSDP2 has replaced the parameters with their shards, which the optimizer must hold.
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=tc.lr, betas=tuple(tc.betas))
     scheduler = cosine_with_warmup(optimizer, tc.max_steps, tc.warmup_frac)
     start = 0
     if ckpt is not None:
-        start = restore_training_state(ckpt, optimizer, scheduler)["step"]
-        print(f"resumed from {ckpt} at step {start}")
-    else:
+        start = restore_training_state(ckpt, optimizer, scheduler, objective)["step"]
+        say(f"resumed from {ckpt} at step {start}")
+    elif main_rank:
         (out / "metrics.jsonl").write_text("")
-    (out / "config.json").write_text(cfg.to_json())
+    if main_rank:
+        (out / "config.json").write_text(cfg.to_json())
 
-    metrics_file = (out / "metrics.jsonl").open("a")
-    log = lambda row: (metrics_file.write(json.dumps(row) + "\n"), metrics_file.flush())
+    metrics_file = (out / "metrics.jsonl").open("a") if main_rank else None
+    log = (lambda row: (metrics_file.write(json.dumps(row) + "\n"), metrics_file.flush())) if main_rank \
+        else (lambda row: None)
+    # Evaluation under DDP runs the unwrapped module (no gradient hooks or collectives needed); FSDP2's sharded
+    # module is the only one holding the weights.
+    eval_objective = wrapped if mode == "fsdp" else objective
     acc_ema, last_eval = None, None
     t0 = time.perf_counter()
-    bar = tqdm(range(start, tc.max_steps), initial=start, total=tc.max_steps, desc="train", disable=quiet,
-               dynamic_ncols=True)
+    bar = tqdm(range(start, tc.max_steps), initial=start, total=tc.max_steps, desc="train",
+               disable=quiet or not main_rank, dynamic_ncols=True)
     for step in bar:
-        stats = {"loss": 0.0, "rank_loss": 0.0, "lm_loss": 0.0, "accuracy": 0.0}
+        sums = [0.0, 0.0, 0.0, 0.0]  # this rank's share of the step's loss, rank loss, LM loss, accuracy
         for micro in range(tc.grad_accum):
             batch = collate([train_set[i] for i in sampler.indices(step, micro)]).to(device)
-            with autocast(device, cfg):
-                result, out_ = compute_loss(model, batch, cfg, impl)
-            (result.loss / tc.grad_accum).backward()
-            for key in ("loss", "rank_loss", "lm_loss"):
-                stats[key] += float(getattr(result, key).detach()) / tc.grad_accum
+            # The micro-batch's counts over all ranks, so each rank's loss is its share of the one-process loss
+            # (sums over global counts), not a per-rank mean.
+            n_rank, n_lm, n_chosen = dist.all_reduce_sum([rank_terms(batch), batch.num_labelled,
+                                                          len(batch.chosen)])
+            with distributed.set_gradient_sync(wrapped, mode, sync=micro == tc.grad_accum - 1):
+                with autocast(device, cfg):
+                    result, out_ = wrapped(batch)
+                rank_part = result.rank_loss * (rank_terms(batch) / max(n_rank, 1))
+                lm_part = result.lm_loss.to(rank_part.dtype) * (batch.num_labelled / max(n_lm, 1))
+                loss = (1.0 - cfg.loss.alpha) * rank_part + cfg.loss.alpha * lm_part
+                # DDP and FSDP2 average gradients over ranks; scaled by the world size, the average is the sum.
+                (loss * dist.world_size / tc.grad_accum).backward()
+            sums[0] += float(loss.detach()) / tc.grad_accum
+            sums[1] += float(rank_part.detach()) / tc.grad_accum
+            sums[2] += float(lm_part.detach()) / tc.grad_accum
             if len(batch.chosen):
-                stats["accuracy"] += float(pairwise_accuracy(out_.rewards.detach().float(), batch.chosen,
-                                                             batch.rejected)) / tc.grad_accum
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
+                sums[3] += float(pairwise_accuracy(out_.rewards.detach().float(), batch.chosen, batch.rejected)) \
+                    * len(batch.chosen) / n_chosen / tc.grad_accum
+        stats = dict(zip(("loss", "rank_loss", "lm_loss", "accuracy"), dist.all_reduce_sum(sums)))
+        grad_norm = distributed.clip_grad_norm(wrapped.parameters(), tc.grad_clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -210,17 +310,21 @@ def train(cfg: JRMConfig, resume: bool = False, quiet: bool = False) -> dict:
              "lr": scheduler.get_last_lr()[0], "elapsed_s": time.perf_counter() - t0})
         postfix = {"loss": f"{stats['loss']:.3f}", "lm": f"{stats['lm_loss']:.3f}", "acc": f"{acc_ema:.2f}"}
         if done % tc.eval_every == 0 or done == tc.max_steps:
-            last_eval = evaluate(model, heldout, collate, cfg, device, impl)
+            last_eval = evaluate(eval_objective, heldout, collate, cfg, device, dist)
             log({"kind": "eval", "step": done, **last_eval, "elapsed_s": time.perf_counter() - t0})
             postfix["heldout"] = f"{last_eval['accuracy']:.3f}"
         bar.set_postfix(postfix)
         if done % tc.save_every == 0 or done == tc.max_steps:
-            save_checkpoint(out, done, model, optimizer, scheduler)
-    metrics_file.close()
+            save_checkpoint(out, done, model, optimizer, scheduler, module=objective, is_main=main_rank)
+    if metrics_file is not None:
+        metrics_file.close()
 
-    final = evaluate(model, heldout, collate, cfg, device, impl, keep_features=True)
+    final = evaluate(eval_objective, heldout, collate, cfg, device, dist, keep_features=True)
     final.update(step=tc.max_steps, alpha=cfg.loss.alpha, train_seconds=time.perf_counter() - t0,
-                 device=str(device), torch=torch.__version__, loss_impl=impl)
+                 device=str(device), torch=torch.__version__, loss_impl=impl, world_size=dist.world_size,
+                 parallel=mode)
+    if not main_rank:
+        return final
     (out / "final_metrics.json").write_text(json.dumps(final, indent=2))
     plot = plot_training(out / "metrics.jsonl", out / "training_curves.png")
     checkpoint = latest_checkpoint(out)
@@ -259,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank-loss", choices=["bt", "bt_uncertainty"], help="ranking loss")
     p.add_argument("--seed", type=int, help="seed for initialisation, data order and synthetic data")
     p.add_argument("--device", help="auto | cpu | cuda")
+    p.add_argument("--parallel", choices=list(distributed.PARALLEL_MODES),
+                   help="under torchrun: ddp, fsdp (FSDP2), auto (ddp if the model fits one device, else fsdp); "
+                        "none = one process")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set train.lr=1e-3 --set loss.margin=0.5")
@@ -270,6 +377,7 @@ def config_from_args(args: argparse.Namespace) -> JRMConfig:
     overrides = parse_overrides(args.set)
     direct = {"train.out": args.out, "model.backbone": args.backbone, "train.max_steps": args.max_steps,
               "loss.alpha": args.alpha, "loss.rank_loss": args.rank_loss, "train.device": args.device,
+              "train.parallel": args.parallel,
               "data.path": args.data}
     if args.data:
         direct["data.source"] = "editreward"
@@ -288,4 +396,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # record: under torchrun, the failing rank's traceback goes into torchrun's failure summary.
+    sys.exit(record(main)())
