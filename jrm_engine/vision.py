@@ -7,20 +7,20 @@ contiguous).
 """
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
 from PIL import Image
 
+from .images import ImageLike, to_rgb
+
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-ImageLike = Union[Image.Image, np.ndarray, str, Path, bytes]
+__all__ = ["ImageLike", "VisionSpec", "load_image", "pixels_to_patches"]
 
 
 @dataclass(frozen=True)
@@ -89,32 +89,10 @@ class VisionSpec:
         }
 
 
-def load_image(image: ImageLike, size: int, *, name: str = "image") -> np.ndarray:
-    """Any supported image input -> uint8 RGB [size, size, 3]. `name` identifies the input in errors."""
-    try:
-        if isinstance(image, (str, Path)):
-            with Image.open(image) as im:
-                pil = im.convert("RGB")
-        elif isinstance(image, bytes):
-            with Image.open(io.BytesIO(image)) as im:
-                pil = im.convert("RGB")
-        elif isinstance(image, Image.Image):
-            pil = image.convert("RGB")
-        elif isinstance(image, np.ndarray):
-            arr = image
-            if arr.ndim == 2:
-                arr = np.stack([arr] * 3, axis=-1)
-            if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
-                raise ValueError(f"expected an [H, W, 3] array, got shape {arr.shape}")
-            if arr.dtype != np.uint8:
-                if np.issubdtype(arr.dtype, np.floating) and arr.size and arr.max() <= 1.0:
-                    arr = arr * 255.0
-                arr = np.clip(arr, 0, 255).astype(np.uint8)
-            pil = Image.fromarray(np.ascontiguousarray(arr[..., :3]))
-        else:
-            raise TypeError(f"unsupported image type {type(image).__name__}")
-    except (OSError, ValueError, TypeError) as e:
-        raise ValueError(f"{name}: cannot read image ({e})") from e
+def load_image(image: ImageLike, size: int, *, name: str = "image", max_pixels: int | None = None) -> np.ndarray:
+    """Any supported image input -> uint8 RGB [size, size, 3], resized bicubic. `name` identifies the input in
+    errors; validation and conversion (grayscale, alpha, palette, 16-bit, float, size limit) are `images.to_rgb`'s."""
+    pil = to_rgb(image, name=name, max_pixels=max_pixels)
     if pil.size != (size, size):
         pil = pil.resize((size, size), Image.BICUBIC)
     return np.asarray(pil, dtype=np.uint8)

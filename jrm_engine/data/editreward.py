@@ -12,25 +12,38 @@ Either may carry an explanation per candidate in `left_explanation` / `right_exp
 `explanation2`); a record without one trains the ranking loss only. Images are file paths (relative to the data file)
 or embedded bytes (the Hugging Face `{"bytes": ..., "path": ...}` struct; in JSON text, bytes are base64).
 
-Bad records (missing image, empty instruction, unknown preference label, duplicate id) raise a ValueError naming the
-record, or with `skip_bad` are skipped and counted by reason in a `LoadReport` that is printed and returned.
+The file is never held in memory (`rows.py`): loading makes one streaming pass that validates every row and keeps
+an index of the good ones (about 17 bytes per record: file row, preference, a 64-bit id hash), and an
+`EditRewardDataset` reads a record's row, with its image bytes or paths, only when it is accessed (images are
+decoded later, by the collator), so a sampler that indexes by row makes each rank read only its own rows.
+
+Bad records raise a ValueError naming the file, the row and the record, or with `skip_bad` are skipped and counted
+by reason in a `LoadReport` that is printed and returned: a row that is not a JSON object ("bad row"), a missing,
+unreadable or oversized image ("missing image" / "bad image": checked from the image header, without decoding
+pixels), an empty instruction, a field of the wrong type ("bad type"), an unknown preference label ("bad label"),
+a score that is not a finite number ("bad score"), a duplicate id. A file with no rows is an error.
 """
 from __future__ import annotations
 
 import base64
 import binascii
 import hashlib
-import json
 import math
 import re
+from array import array
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..config import DataConfig
-from .records import Candidate, PreferencePair
+from ..images import check_encoded
+from .records import PREFERENCES, Candidate, PreferencePair
+from .rows import RowError, RowFile, open_rows
 
 # Matches the tiny backbone's `Whitespace` pre-tokenizer, so corpus_words() yields exactly its tokens.
 _WORD_PATTERN = re.compile(r"\w+|[^\w\s]+")
@@ -80,46 +93,44 @@ class LoadReport:
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a parquet file, a JSON Lines file or a JSON array (or {"pairs": [...]}) as plain dicts."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {path} not found")
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-        return pq.read_table(path).to_pylist()
-    if suffix in (".jsonl", ".ndjson"):
-        import pyarrow.json as pj
-        try:
-            return pj.read_json(path).to_pylist()
-        except Exception as e:  # pyarrow reports type clashes between rows; say which file
-            raise ValueError(f"{path}: cannot read JSON Lines ({e})") from e
-    if suffix == ".json":
-        data = json.loads(path.read_text())
-        if isinstance(data, dict) and isinstance(data.get("pairs"), list):
-            data = data["pairs"]
-        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-            raise ValueError(f"{path}: expected a JSON array of objects (or {{\"pairs\": [...]}})")
-        return data
-    raise ValueError(f"{path}: unsupported data file type {suffix!r}; use .parquet, .jsonl or .json")
+    """Every row of a parquet file, a JSON Lines file or a JSON array (or {"pairs": [...]}) as plain dicts: for
+    files small enough to hold (the benchmarks); training data goes through `load_editreward`, which streams."""
+    rows = []
+    for _, row in open_rows(path).scan():
+        if isinstance(row, RowError):
+            raise row
+        rows.append(row)
+    return rows
 
 
 def resolve_image(value: Any, base_dir: Path, record: str, what: str):
-    """A row's image cell -> bytes or an existing Path. Raises BadRecord naming the record when it is missing."""
+    """A row's image cell -> bytes or an existing Path whose header PIL reads (format and size within the pixel
+    limit; no pixel is decoded). Raises BadRecord naming the record when it is missing or broken."""
     if isinstance(value, dict):  # Hugging Face Image feature: {"bytes": ..., "path": ...}
         data, path = value.get("bytes"), value.get("path")
         if data:
-            return _as_bytes(data, record, what)
+            return _checked(_as_bytes(data, record, what), record, what)
         value = path
     if isinstance(value, (bytes, bytearray)) and value:
-        return bytes(value)
+        return _checked(bytes(value), record, what)
     if isinstance(value, str) and value.strip():
         path = Path(value)
         path = path if path.is_absolute() else base_dir / path
-        if not path.is_file():
+        if "\0" in value or not path.is_file():  # a NUL makes is_file() raise, not answer
             raise BadRecord(record, "missing image", f"{what} file {path} not found")
-        return path
+        return _checked(path, record, what)
+    if value not in (None, "", b""):
+        raise BadRecord(record, "bad type", f"{what} has type {type(value).__name__}, expected a path, bytes or "
+                                            "{\"bytes\": ..., \"path\": ...}")
     raise BadRecord(record, "missing image", f"no {what}")
+
+
+def _checked(image: bytes | Path, record: str, what: str) -> bytes | Path:
+    try:
+        check_encoded(image, name=what)
+    except ValueError as e:
+        raise BadRecord(record, "bad image", str(e)) from None
+    return image
 
 
 def _as_bytes(data: Any, record: str, what: str) -> bytes:
@@ -128,7 +139,7 @@ def _as_bytes(data: Any, record: str, what: str) -> bytes:
     try:  # JSON text cannot hold raw bytes: base64
         return base64.b64decode(data, validate=True)
     except (binascii.Error, TypeError, ValueError) as e:
-        raise BadRecord(record, "missing image", f"{what} bytes are neither raw nor base64 ({e})") from e
+        raise BadRecord(record, "bad image", f"{what} bytes are neither raw nor base64 ({e})") from e
 
 
 def _first(row: dict, *names: str) -> Any:
@@ -136,8 +147,14 @@ def _first(row: dict, *names: str) -> Any:
     return next((row[n] for n in names if row.get(n) is not None), None)
 
 
-def _text(value: Any) -> str | None:
-    return value.strip() if isinstance(value, str) and value.strip() else None
+def _text(value: Any, record: str, what: str) -> str | None:
+    """A text field, stripped; None when absent or blank. A value that is not a string is a bad record, not
+    silently "absent" (a numeric explanation would otherwise train the ranking loss only without a word)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadRecord(record, "bad type", f"{what} has type {type(value).__name__}, expected a string")
+    return value.strip() or None
 
 
 def _scores(row: dict, columns: dict[str, str], prefix: str, record: str) -> dict[str, float]:
@@ -146,14 +163,17 @@ def _scores(row: dict, columns: dict[str, str], prefix: str, record: str) -> dic
         value = row.get(prefix + column)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+        if not math.isfinite(number):  # float() of an int beyond float range is inf
             raise BadRecord(record, "bad score", f"{prefix + column} = {value!r} is not a finite number")
-        out[name] = float(value)
+        out[name] = number
     return out
 
 
-def _preference(row: dict, record: str) -> str:
+def _preference(row: dict, record: str, editreward_json: bool) -> str:
     raw = _first(row, "vote_type", "preference")
+    if raw is None and not editreward_json:  # only EditReward's JSON has a default (path1 preferred)
+        raise BadRecord(record, "bad label", "no vote_type")
     if raw is not None:
         pref = _VOTES.get(str(raw).strip().lower())
         if pref is None:
@@ -171,105 +191,180 @@ def row_to_pair(row: dict, index: int, base_dir: Path, file_name: str) -> Prefer
     record = str(ident) if ident not in (None, "") else f"{file_name}:{index}"
     editreward_json = _first(row, "path1", "path_src") is not None
     if editreward_json:
-        instruction = _text(_first(row, "prompt", "instruction"))
+        instruction = _text(_first(row, "prompt", "instruction"), record, "prompt")
         cells = (row.get("path_src"), row.get("path1"), row.get("path2"))
         explanations = (row.get("explanation1"), row.get("explanation2"))
         scores = (_scores(row, _JSON_SCORE_COLUMNS, "model1_", record),
                   _scores(row, _JSON_SCORE_COLUMNS, "model2_", record))
     else:
-        instruction = _text(row.get("instruction"))
+        instruction = _text(row.get("instruction"), record, "instruction")
         cells = (row.get("source_image"), row.get("left_image"), row.get("right_image"))
         explanations = (row.get("left_explanation"), row.get("right_explanation"))
         scores = (_scores(row, _SCORE_COLUMNS, "left_", record), _scores(row, _SCORE_COLUMNS, "right_", record))
     if instruction is None:
         raise BadRecord(record, "empty instruction", "empty instruction")
-    preference = _preference(row, record)
+    preference = _preference(row, record, editreward_json)
     source, left, right = (resolve_image(c, base_dir, record, what)
                            for c, what in zip(cells, ("source image", "left edit", "right edit")))
     task = _first(row, "category", "task_type")
     pair = PreferencePair(id=record, source=source, instruction=instruction,
-                          a=Candidate(left, _text(explanations[0]), scores[0]),
-                          b=Candidate(right, _text(explanations[1]), scores[1]),
+                          a=Candidate(left, _text(explanations[0], record, "left explanation"), scores[0]),
+                          b=Candidate(right, _text(explanations[1], record, "right explanation"), scores[1]),
                           preference=preference, task_type=str(task) if task is not None else None)
     pair.validate()
     return pair
 
 
-def load_editreward(path: str | Path, skip_bad: bool = False, quiet: bool = False
-                    ) -> tuple[list[PreferencePair], LoadReport]:
-    """All records of one file. Without skip_bad the first bad record raises; with it, bad records are counted."""
-    path = Path(path)
-    rows = read_rows(path)
-    report = LoadReport(str(path), total=len(rows))
-    pairs, seen = [], set()
-    for i, row in enumerate(rows):
+class EditRewardDataset(Sequence[PreferencePair]):
+    """The kept records of one data file, in file order: `len(ds)`, `ds[i]` reads and re-validates record i's
+    row (its images stay bytes or paths until the collator decodes them), `ds[a:b]` and `ds.subset(positions)`
+    are views sharing the file. Not thread-safe across `ds[i]` calls of one instance beyond the row reader's lock."""
+
+    def __init__(self, rows: RowFile, file_rows: np.ndarray, preferences: np.ndarray, keys: np.ndarray):
+        self.rows = rows
+        self.file_rows = file_rows  # int64 [N]: the file row of each record
+        self.preferences = preferences  # int8 [N]: index into PREFERENCES
+        self.keys = keys  # uint64 [N]: held-out rank key of each record's id (heldout_key)
+
+    def __len__(self) -> int:
+        return len(self.file_rows)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return self.subset(np.arange(len(self))[i])
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"{self.rows.path}: record {i} out of range [0, {len(self)})")
+        row = int(self.file_rows[i])
         try:
+            return row_to_pair(self.rows.row(row), row, self.rows.path.parent, self.rows.path.name)
+        except BadRecord as bad:  # validated when loaded: the file changed since
+            raise ValueError(f"{self.rows.path} row {row}: {bad} (the file changed after it was loaded?)") from None
+
+    def subset(self, positions) -> "EditRewardDataset":
+        positions = np.asarray(positions, dtype=np.int64)
+        return EditRewardDataset(self.rows, self.file_rows[positions], self.preferences[positions],
+                                 self.keys[positions])
+
+
+def heldout_key(record_id: str, seed: int) -> int:
+    """A record's rank for the held-out draw: the top 64 bits of sha256("jrm-heldout/{seed}/{id}")."""
+    return int.from_bytes(hashlib.sha256(f"jrm-heldout/{seed}/{record_id}".encode()).digest()[:8], "big")
+
+
+def _smallest(keys: np.ndarray, n_heldout: int) -> np.ndarray:
+    """Positions of the n smallest keys (ties, which 64-bit keys of distinct ids practically never have, go to the
+    earlier position); n is capped at 10% of the records, rounded down."""
+    n = min(max(0, n_heldout), int(len(keys) * _HELDOUT_CAP))
+    return np.sort(np.argsort(keys, kind="stable")[:n])
+
+
+def load_editreward(path: str | Path, skip_bad: bool = False, quiet: bool = False, seed: int = 0
+                    ) -> tuple[EditRewardDataset, LoadReport]:
+    """The records of one file, as a lazily read dataset, after one streaming pass that validates every row.
+    Without skip_bad the first bad record raises; with it, bad records are counted. `seed` keys the held-out draw."""
+    path = Path(path)
+    rows = open_rows(path)
+    if not len(rows):
+        raise ValueError(f"{path}: the file holds no records")
+    report = LoadReport(str(path), total=len(rows))
+    file_rows, preferences, keys = array("q"), array("b"), array("Q")  # compact while growing: 17 bytes a record
+
+    def bad_row(bad: BadRecord, row: int) -> None:
+        if not skip_bad:
+            raise ValueError(f"{path} row {row}: {bad} (set data.skip_bad=true to skip bad records)") from None
+        report.add(bad)
+
+    for i, row in rows.scan():
+        try:
+            if isinstance(row, RowError):
+                raise BadRecord(f"{path.name}:{i}", "bad row", row.detail)
             pair = row_to_pair(row, i, path.parent, path.name)
-            if pair.id in seen:
-                raise BadRecord(pair.id, "duplicate id", "id occurs more than once in the file")
-            seen.add(pair.id)
-            pairs.append(pair)
         except BadRecord as bad:
-            if not skip_bad:
-                raise ValueError(f"{path}: {bad} (set data.skip_bad=true to skip bad records)") from None
-            report.add(bad)
-    report.kept = len(pairs)
+            bad_row(bad, i)
+            continue
+        file_rows.append(i)
+        preferences.append(PREFERENCES.index(pair.preference))
+        keys.append(heldout_key(pair.id, seed))
+    dataset = EditRewardDataset(rows, np.frombuffer(file_rows, np.int64) if file_rows else np.zeros(0, np.int64),
+                                np.frombuffer(preferences, np.int8) if preferences else np.zeros(0, np.int8),
+                                np.frombuffer(keys, np.uint64) if keys else np.zeros(0, np.uint64))
+    dataset = dataset.subset(_first_of_each_id(dataset, bad_row))
+    report.kept = len(dataset)
     if report.skipped and not quiet:
         print(report.summary())
-    return pairs, report
+    return dataset, report
+
+
+def _first_of_each_id(dataset: EditRewardDataset, bad_row) -> np.ndarray:
+    """Positions to keep: all but the second and later records of an id. Equal ids have equal keys, so only
+    records whose key was seen before are read again, to tell a duplicate from a (2^-64-rare) hash collision."""
+    order = np.argsort(dataset.keys, kind="stable")  # equal keys stay in file order
+    sorted_keys = dataset.keys[order]
+    later = order[1:][sorted_keys[1:] == sorted_keys[:-1]]
+    if not len(later):
+        return np.arange(len(dataset))
+    drop = set()
+    for position in sorted(later.tolist()):
+        pair = dataset[position]
+        same = np.flatnonzero(dataset.keys[:position] == dataset.keys[position])
+        first = next((int(p) for p in same if p not in drop and dataset[int(p)].id == pair.id), None)
+        if first is not None:
+            drop.add(position)
+            bad_row(BadRecord(pair.id, "duplicate id", f"id occurs more than once in the file (first at row "
+                                                       f"{int(dataset.file_rows[first])})"),
+                    int(dataset.file_rows[position]))
+    return np.setdiff1d(np.arange(len(dataset)), np.fromiter(drop, np.int64, len(drop)), assume_unique=True)
 
 
 @lru_cache(maxsize=4)
-def _load_cached(path: str, mtime: float, skip_bad: bool) -> tuple[tuple[PreferencePair, ...], LoadReport]:
-    pairs, report = load_editreward(path, skip_bad)
-    return tuple(pairs), report
+def _load_cached(path: str, mtime: float, skip_bad: bool, seed: int) -> tuple[EditRewardDataset, LoadReport]:
+    return load_editreward(path, skip_bad, seed=seed)
 
 
-def _load(cfg: DataConfig) -> tuple[tuple[PreferencePair, ...], LoadReport]:
+def _load(cfg: DataConfig) -> tuple[EditRewardDataset, LoadReport]:
     if not cfg.path:
         raise ValueError("data.source='editreward' needs data.path (--data FILE)")
     path = Path(cfg.path)
     if not path.is_file():
         raise FileNotFoundError(f"--data {path}: no such file")
     # Cached: the trainer reads the vocabulary and then the splits from the same file.
-    return _load_cached(str(path.resolve()), path.stat().st_mtime, cfg.skip_bad)
+    return _load_cached(str(path.resolve()), path.stat().st_mtime, cfg.skip_bad, cfg.seed)
 
 
 def heldout_ids(ids: list[str], n_heldout: int, seed: int) -> set[str]:
-    """A deterministic held-out subset: the ids with the smallest seeded hashes, independent of file order.
-
-    At most 10% of the records (rounded down) are held out, so a small file still leaves most of it to train on.
-    """
-    n = min(max(0, n_heldout), int(len(ids) * _HELDOUT_CAP))
-    rank = lambda i: hashlib.sha256(f"jrm-heldout/{seed}/{i}".encode()).hexdigest()
-    return set(sorted(ids, key=rank)[:n])
+    """A deterministic held-out subset: the ids with the smallest seeded hashes (`heldout_key`), independent of
+    file order. At most 10% of the records (rounded down) are held out, so a small file still leaves most of it
+    to train on."""
+    keys = np.array([heldout_key(i, seed) for i in ids], dtype=np.uint64)
+    return {ids[p] for p in _smallest(keys, n_heldout)}
 
 
-def load_editreward_splits(cfg: DataConfig) -> tuple[list[PreferencePair], list[PreferencePair]]:
-    """(train, held-out) from cfg.path. All records not held out train (data.n_train applies to synthetic data).
+def load_editreward_splits(cfg: DataConfig) -> tuple[EditRewardDataset, EditRewardDataset]:
+    """(train, held-out) from cfg.path, as views of one lazily read dataset. All records not held out train
+    (data.n_train applies to synthetic data).
 
     With data.ties == "drop", tie records are left out of both splits, and the count is printed.
     """
-    pairs, report = _load(cfg)
-    kept = list(pairs)
+    dataset, report = _load(cfg)
+    kept = np.arange(len(dataset))
     if cfg.ties == "drop":
-        ties = sum(p.preference == "tie" for p in kept)
-        if ties:
-            kept = [p for p in kept if p.preference != "tie"]
-            print(f"{cfg.path}: left out {ties} tie records (data.ties=drop)")
-    held = heldout_ids([p.id for p in kept], cfg.n_heldout, cfg.seed)
-    train = [p for p in kept if p.id not in held]
-    heldout = [p for p in kept if p.id in held]
-    if not train:
+        ties = dataset.preferences == PREFERENCES.index("tie")
+        if ties.any():
+            kept = np.flatnonzero(~ties)
+            print(f"{cfg.path}: left out {int(ties.sum())} tie records (data.ties=drop)")
+    held = kept[_smallest(dataset.keys[kept], cfg.n_heldout)]
+    train = np.setdiff1d(kept, held, assume_unique=True)
+    if not len(train):
         raise ValueError(f"{cfg.path}: no training records left ({report.summary()})")
-    return train, heldout
+    return dataset.subset(train), dataset.subset(held)
 
 
 def corpus_words(cfg: DataConfig) -> list[str]:
-    """Every token of every kept record's instruction and explanations, sorted (the tiny tokenizer's vocabulary)."""
-    pairs, _ = _load(cfg)
+    """Every token of every kept record's instruction and explanations, sorted (the tiny tokenizer's vocabulary).
+    One more pass over the file, in order (each chunk is read once)."""
+    dataset, _ = _load(cfg)
     words = set()
-    for p in pairs:
+    for p in dataset:
         for text in (p.instruction, p.a.explanation, p.b.explanation):
             if text:
                 words.update(_WORD_PATTERN.findall(text))
