@@ -94,3 +94,55 @@ def test_duplicate_ids_are_bad(tmp_path):
     (tmp_path / "dup.jsonl").write_text(line + "\n" + line + "\n")
     with pytest.raises(ValueError, match="er-000.*more than once"):
         load_editreward(tmp_path / "dup.jsonl")
+
+
+def test_dataset_reads_rows_on_access_and_indexes_like_a_list(tmp_path, monkeypatch):
+    """Rows are read when accessed, from small chunks of small row groups; views share the file; the dataset
+    pickles without its open file (a worker process reopens it)."""
+    import pickle
+
+    import pyarrow.parquet as pq
+
+    from jrm_engine.data.rows import ParquetRows
+
+    path = tmp_path / "groups.parquet"
+    pq.write_table(pq.read_table(FIXTURES / "editreward_data.parquet"), path, row_group_size=5)  # 5 row groups
+    pairs, _ = load_editreward(path)
+    eager, _ = load_editreward(FIXTURES / "editreward_data.jsonl")
+    assert isinstance(pairs.rows, ParquetRows) and len(pairs) == 24
+    assert [p.id for p in pairs] == [p.id for p in eager] and pairs[-1].id == "er-023"
+    assert [p.id for p in pairs[3:9:2]] == ["er-003", "er-005", "er-007"]
+    reads = []
+    iter_batches = pq.ParquetFile.iter_batches
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches",
+                        lambda self, **kw: reads.append(kw["row_groups"]) or iter_batches(self, **kw))
+    assert pairs[17].id == "er-017" and pairs[16].id == "er-016"  # one row group read, then cached
+    assert reads == [[3]] and len(pairs.rows._cache) <= 2
+    with pytest.raises(IndexError, match="record 24 out of range"):
+        pairs[24]
+    clone = pickle.loads(pickle.dumps(pairs[10:12]))
+    assert clone.rows._pf is None and [p.id for p in clone] == ["er-010", "er-011"]
+
+
+def test_parquet_chunks_hold_a_bounded_number_of_rows(tmp_path):
+    """A huge row group is read in chunks of about chunk_bytes, not whole."""
+    import pyarrow.parquet as pq
+
+    from jrm_engine.data.rows import open_rows
+
+    path = tmp_path / "one_group.parquet"
+    pq.write_table(pq.read_table(FIXTURES / "editreward_data.parquet"), path)  # one row group of 24 rows
+    rows = open_rows(path, chunk_bytes=1500)  # a few rows' worth
+    assert rows._chunk_rows[0] < 24
+    assert rows.row(23)["dev_id"] == "er-023" and rows.row(0)["dev_id"] == "er-000"
+    assert all(batch.num_rows <= rows._chunk_rows[0] for batch in rows._cache.values())
+    assert [i for i, _ in rows.scan()] == list(range(24))
+
+
+def test_splits_are_views_of_one_file_and_match_heldout_ids():
+    cfg = DataConfig(source="editreward", path=str(FIXTURES / "editreward_data.parquet"), n_heldout=16,
+                     ties="tie_term", seed=3)
+    train, held = load_editreward_splits(cfg)
+    assert train.rows is held.rows  # one reader, one index
+    all_ids = [p.id for p in load_editreward(FIXTURES / "editreward_data.parquet")[0]]
+    assert {p.id for p in held} == heldout_ids(all_ids, 16, seed=3) and len(held) == 2
