@@ -212,10 +212,10 @@ def train(cfg: JRMConfig, resume: bool = False, quiet: bool = False) -> dict:
 
 
 def _comparable(cfg: JRMConfig) -> dict:
-    """The config fields that decide the training result: `train.parallel` only chooses how it is computed, so a
-    run may resume on another world size or wrapper."""
+    """The config fields that decide the training result: `train.parallel` only chooses how it is computed (a run
+    may resume on another world size or wrapper) and `train.out` where (a run folder may be moved or copied)."""
     d = cfg.to_dict()
-    d["train"] = {k: v for k, v in d["train"].items() if k != "parallel"}
+    d["train"] = {k: v for k, v in d["train"].items() if k not in ("parallel", "out")}
     return d
 
 
@@ -339,7 +339,7 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
     overrides = {}
     for item in items:
         if "=" not in item:
-            raise SystemExit(f"--set expects KEY=VALUE (e.g. loss.margin=0.5), got {item!r}")
+            raise ValueError(f"--set expects KEY=VALUE (e.g. loss.margin=0.5), got {item!r}")
         key, value = item.split("=", 1)
         overrides[key.strip()] = value.strip()
     return overrides
@@ -387,6 +387,11 @@ def config_from_args(args: argparse.Namespace) -> JRMConfig:
     cfg = load_config(args.preset, args.config, overrides)
     if not 0.0 <= cfg.loss.alpha <= 1.0:
         raise ValueError(f"--alpha must be in [0, 1], got {cfg.loss.alpha}")
+    # Checked here: the trainer writes the tiny backbone into --out before it reads the data.
+    if cfg.model.backbone is not None and not Path(cfg.model.backbone).is_dir():
+        raise FileNotFoundError(f"--backbone / model.backbone {cfg.model.backbone}: no such folder")
+    if cfg.data.source == "editreward" and (cfg.data.path is None or not Path(cfg.data.path).exists()):
+        raise FileNotFoundError(f"--data / data.path {cfg.data.path}: no such file")
     return cfg
 
 
