@@ -17,13 +17,13 @@ Images may be paths, encoded bytes, PIL images or numpy arrays; each goes throug
 trainer uses (`jrm_engine.images.to_rgb`, then bicubic resize), so a differently sized image is resized, not
 rejected, and these conversions are documented, not errors: grayscale -> RGB; alpha (RGBA, LA, transparent
 palette, [H, W, 4]) composited over white; palette -> its colours; 16-bit (I;16 PNG, uint16 arrays) -> 8 bits
-(v * 255 / 65535); float arrays in [0, 1] scaled by 255, in [0, 255] kept; bool arrays -> 0 / 255. Bad input
-raises, naming the argument and the item index (`edited[3]: ...`): ValueError for an
-unreadable, missing or empty (0-pixel) image, one of more than `max_image_pixels` pixels (default 64 Mpixel,
-checked from the file header before decoding; `Scorer.load(..., max_image_pixels=N)`), NaN/inf or out-of-range
-values, a shape that is not an image, an empty or too long instruction (more tokens than the largest text bucket),
-lists of different lengths or an empty batch; TypeError for an input of the wrong type (an instruction that is not
-a str, a single image where a list is expected, an array dtype that is not an image's).
+(v * 255 / 65535); float arrays in [0, 1] scaled by 255, in [0, 255] kept; bool arrays -> 0 / 255.
+Bad input raises, naming the argument and the item index (`edited[3]: ...`): ValueError for an unreadable,
+missing or empty (0-pixel) image, one of more than `max_image_pixels` pixels (default 64 Mpixel, checked from the
+file header before decoding; `Scorer.load(..., max_image_pixels=N)`), NaN/inf or out-of-range values, a shape
+that is not an image, an empty or too long instruction (more tokens than the largest text bucket), lists of
+different lengths or an empty batch; TypeError for an input of the wrong type (an instruction that is not a str,
+a single image where a list is expected, an array dtype that is not an image's).
 
 Backends are a registry (`register_backend`): each loader returns an `Engine` (the scoring-graph signature on
 torch tensors, plus what the Scorer needs to prepare inputs). Engines exported by `jrm-export` carry a manifest
@@ -262,8 +262,8 @@ class Scorer:
     def _items(values, what: str) -> list:
         """A list argument as a list; a lone image or string (which would iterate as pixels rows or characters)
         is refused."""
-        lone = (str, bytes, bytearray, Path, Image.Image) if what != "instructions" else (str, bytes)
-        if isinstance(values, lone) or (isinstance(values, np.ndarray) and values.ndim != 4):
+        if isinstance(values, (str, bytes, bytearray, Path, Image.Image)) or (
+                isinstance(values, np.ndarray) and values.ndim != 4):
             raise TypeError(f"{what}: expected a list, got a single {type(values).__name__}"
                             + (f" of shape {values.shape}" if isinstance(values, np.ndarray) else ""))
         try:
@@ -296,16 +296,16 @@ class Scorer:
     def submit(self, source: ImageLike, instruction: str, edited: ImageLike, *, return_log_sigma: bool = False
                ) -> Future:
         """One request, batched with every other thread's (runtime backend); a Future of the reward (or of
-        `(reward, log_sigma)`). Bad input fails only this future, with a ValueError naming the input; a full
-        queue raises `jrm_engine.runtime.QueueFullError` here, a closed scorer `RuntimeClosedError`."""
+        `(reward, log_sigma)`). Bad input fails only this future, with a ValueError or TypeError naming the input;
+        a full queue raises `jrm_engine.runtime.QueueFullError` here, a closed scorer `RuntimeClosedError`."""
         if self.engine.submit is None:
             raise NotImplementedError("submit() needs an asynchronous backend (backend='runtime'); this engine "
                                       "scores synchronously: use score()")
         try:
-            source_pixels = load_image(source, self.image_size, name="source")
-            edited_pixels = load_image(edited, self.image_size, name="edited")
+            source_pixels = self._image(source, "source")
+            edited_pixels = self._image(edited, "edited")
             text_ids = np.asarray(self._token_ids(instruction, "instruction"), dtype=np.int64)
-        except ValueError as e:
+        except (ValueError, TypeError) as e:
             failed: Future = Future()
             failed.set_exception(e)
             return failed
@@ -323,10 +323,10 @@ class Scorer:
         if not len(edited):
             raise ValueError("edited: empty list of candidates")
         try:
-            source_pixels = load_image(source, self.image_size, name="source")
-            pixels = np.stack([load_image(im, self.image_size, name=f"edited[{i}]") for i, im in enumerate(edited)])
+            source_pixels = self._image(source, "source")
+            pixels = np.stack([self._image(im, f"edited[{i}]") for i, im in enumerate(edited)])
             text_ids = np.asarray(self._token_ids(instruction, "instruction"), dtype=np.int64)
-        except ValueError as e:
+        except (ValueError, TypeError) as e:
             failed = [Future() for _ in edited]
             for future in failed:
                 future.set_exception(e)
@@ -364,7 +364,7 @@ class Scorer:
         edited = self._items(edited, "edited")
         if not edited:
             raise ValueError("edited: empty list of candidates")
-        source_pixels = torch.from_numpy(self._image(source, "source")[None])
+        source_pixels = torch.from_numpy(np.stack([self._image(source, "source")]))  # [1, S, S, 3]
         text_ids, lengths = self._padded([self._token_ids(instruction, "instruction")])
         rewards, sigmas = [], []
         step = self.engine.max_batch
