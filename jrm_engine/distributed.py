@@ -211,3 +211,18 @@ def clip_grad_norm(parameters, max_norm: float) -> float:
     total = full_tensor(torch.nn.utils.get_total_norm([p.grad for p in params]))
     torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
     return float(total)
+
+
+def local_state_bytes(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """Bytes of parameters and optimizer state this rank holds (its shards under FSDP2, everything under DDP);
+    gradients add as many bytes as the parameters while a step runs."""
+    params = sum(local_part(p).nbytes for p in module.parameters())
+    state = sum(local_part(v).nbytes for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v))
+    return {"param_bytes_per_rank": params, "optimizer_bytes_per_rank": state}
+
+
+def local_part(x: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a DTensor (its shard); a plain tensor as it is."""
+    from torch.distributed.tensor import DTensor
+
+    return x.to_local() if isinstance(x, DTensor) else x

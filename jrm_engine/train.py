@@ -273,7 +273,7 @@ def _train(cfg: JRMConfig, dist: Dist, device: torch.device, resume: bool, quiet
     # Evaluation under DDP runs the unwrapped module (no gradient hooks or collectives needed); FSDP2's sharded
     # module is the only one holding the weights.
     eval_objective = wrapped if mode == "fsdp" else objective
-    acc_ema, last_eval = None, None
+    acc_ema, last_eval, state_bytes = None, None, {}
     t0 = time.perf_counter()
     bar = tqdm(range(start, tc.max_steps), initial=start, total=tc.max_steps, desc="train",
                disable=quiet or not main_rank, dynamic_ncols=True)
@@ -304,6 +304,8 @@ def _train(cfg: JRMConfig, dist: Dist, device: torch.device, resume: bool, quiet
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if step == start:  # measured between steps, where FSDP2 holds only its shards
+            state_bytes = distributed.local_state_bytes(objective, optimizer)
         acc_ema = stats["accuracy"] if acc_ema is None else 0.98 * acc_ema + 0.02 * stats["accuracy"]
         done = step + 1
         log({"kind": "train", "step": done, **stats, "train_accuracy_ema": acc_ema, "grad_norm": grad_norm,
@@ -322,7 +324,9 @@ def _train(cfg: JRMConfig, dist: Dist, device: torch.device, resume: bool, quiet
     final = evaluate(eval_objective, heldout, collate, cfg, device, dist, keep_features=True)
     final.update(step=tc.max_steps, alpha=cfg.loss.alpha, train_seconds=time.perf_counter() - t0,
                  device=str(device), torch=torch.__version__, loss_impl=impl, world_size=dist.world_size,
-                 parallel=mode)
+                 parallel=mode, **state_bytes)
+    if device.type == "cuda":
+        final["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
     if not main_rank:
         return final
     (out / "final_metrics.json").write_text(json.dumps(final, indent=2))
