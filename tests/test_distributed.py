@@ -49,9 +49,9 @@ def weights(out: Path) -> dict[str, torch.Tensor]:
     return load_file(ckpt / "backbone" / "model.safetensors") | load_file(ckpt / "reward_head.safetensors")
 
 
-def assert_same_run(got: Path, want: Path) -> None:
+def assert_same_run(got: Path, want: Path, steps: int = 4) -> None:
     lg, lw = train_losses(got), train_losses(want)
-    assert lg.keys() == lw.keys() == {1, 2, 3, 4}
+    assert lg.keys() == lw.keys() == set(range(1, steps + 1))
     for step in lw:
         assert abs(lg[step] - lw[step]) <= 1e-5 * abs(lw[step]), (step, lg[step], lw[step])
     wg, ww = weights(got), weights(want)
@@ -117,6 +117,17 @@ def test_checkpoint_from_one_process_resumes_in_two_fsdp_processes(one_process, 
     out = truncate_to_step_2(one_process[2], runs / "one-then-fsdp")
     ok(run(out, "--parallel", "fsdp", "--set", "train.grad_accum=2", "--resume", nproc=2))
     assert_same_run(out, one_process[2])
+
+
+def test_the_fused_triton_loss_under_fsdp_reads_the_whole_lm_head(runs):
+    """The fused loss (TRITON_INTERPRET=1 on the CPU) gets the tied embedding FSDP2 gathered inside the root's
+    forward: a sharded [V/2, H] weight would fail its shape check or give other losses."""
+    triton = ["--max-steps", "2", "--set", "loss.impl=triton"]
+    one, fsdp = runs / "triton-one", runs / "triton-fsdp"
+    ok(run(one, *triton))
+    ok(run(fsdp, *triton, "--parallel", "fsdp", nproc=2))
+    assert json.loads((fsdp / "final_metrics.json").read_text())["loss_impl"] == "triton"
+    assert_same_run(fsdp, one, steps=2)
 
 
 DYING_RANK = """
