@@ -95,9 +95,9 @@ def fsdp_run(runs):
 
 
 @pytest.mark.parametrize("parallel,accum", [("ddp", 1), ("ddp", 2), ("fsdp", 2)])
-def test_two_processes_train_what_one_process_trains(one_process, fsdp_run, runs, parallel, accum):
-    if parallel == "fsdp":
-        out, proc = fsdp_run
+def test_two_processes_train_what_one_process_trains(one_process, runs, request, parallel, accum):
+    if parallel == "fsdp":  # shared with the resume test
+        out, proc = request.getfixturevalue("fsdp_run")
     else:
         out = runs / f"{parallel}-accum{accum}"
         proc = ok(run(out, "--parallel", parallel, "--set", f"train.grad_accum={accum}", nproc=2))
@@ -179,6 +179,12 @@ def test_a_rank_with_another_config_is_named(tmp_path):
     proc = run(tmp_path / "out", "--parallel", "ddp", nproc=2, script=script)
     assert proc.returncode != 0
     assert "the config differs between ranks (loss.alpha: rank 0 has 0.7, rank 1 has 0.5)" in proc.stderr
+
+
+def test_parallel_none_under_torchrun_is_refused(tmp_path):
+    proc = run(tmp_path / "out", "--parallel", "none", nproc=2)
+    assert proc.returncode != 0
+    assert "--parallel none trains in one process, but torchrun started WORLD_SIZE=2" in proc.stderr
 
 
 def test_fsdp_without_a_launcher_says_how_to_launch(tmp_path, capsys):
