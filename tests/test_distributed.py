@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_reward_model
 from safetensors.torch import load_file
 
 from jrm_engine.checkpoint import latest_checkpoint
+from jrm_engine.distributed import Dist, block_modules, choose_parallel
 from jrm_engine.train import StepSampler, main
 
 pytestmark = pytest.mark.slow
@@ -208,3 +210,14 @@ def test_the_step_sampler_shards_each_micro_batch_into_whole_disjoint_pairs():
 def test_a_world_larger_than_the_pairs_of_a_micro_batch_is_refused():
     with pytest.raises(ValueError, match=r"world size 3 is larger than train.batch_pairs=2"):
         StepSampler(64, batch=2, grad_accum=1, seed=0, world_size=3, rank=0)
+
+
+def test_fsdp_shards_every_decoder_layer_and_vision_block(tmp_path):
+    model = tiny_reward_model(tmp_path)
+    kinds = sorted({type(m).__name__ for m in block_modules(model)})
+    assert kinds == ["Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock"]
+    arch = model.config.model.tiny
+    assert len(block_modules(model)) == arch.text_layers + arch.vision_layers
+    assert choose_parallel("auto", Dist(), model, torch.device("cpu"))[0] == "none"
+    assert choose_parallel("auto", Dist(rank=0, world_size=2, active=True), model, torch.device("cpu"))[0] == "ddp"
+    assert choose_parallel("fsdp", Dist(rank=0, world_size=2, active=True), model, torch.device("cpu"))[0] == "fsdp"
