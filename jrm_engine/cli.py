@@ -9,15 +9,16 @@ COMMANDS = {
     "evaluate": ("jrm_engine.evaluate", "benchmark metrics for a checkpoint or a score file"),
     "explain": ("jrm_engine.explain", "have a checkpoint write its critique of one edit"),
     "export": ("jrm_engine.export.cli", "export a checkpoint to ONNX / TensorRT / AOTInductor"),
+    "serve": ("jrm_engine.serve.cli", "HTTP reward server on the C++ runtime (uvicorn or Ray Serve replicas)"),
 }
 
 
 def exit_status(command) -> int:
-    """Run `command()`; bad input (ValueError, FileNotFoundError, whose messages name the record or argument) is
-    one line on stderr and exit status 2 instead of a traceback."""
+    """Run `command()`; bad input (ValueError, and OSError such as a missing file or an unwritable output path, whose
+    messages name the record, argument or path) is one line on stderr and exit status 2 instead of a traceback."""
     try:
         command()
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
