@@ -20,6 +20,12 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * 4096
 
 
+def under_address_sanitizer() -> bool:
+    """True in `make test-sanitize`'s process, where ASan's quarantine keeps freed memory mapped by design."""
+    with open("/proc/self/maps") as f:
+        return "libasan" in f.read()
+
+
 def run_clients(rt, pool, want, threads, per_thread, seed):
     """Each client keeps up to 32 requests outstanding, retrying when the queue is full; returns counts."""
     counts = {"lost": 0, "wrong": 0, "retries": 0}
@@ -87,4 +93,7 @@ def test_sixteen_threads_of_mixed_lengths_lose_nothing(toy_engine):
     assert stats["max_queue_size_seen"] <= MAX_QUEUE, stats
     assert stats["rejected"] == counts["retries"]
     assert stats["mean_batch_size"] > 2, stats
-    assert rss_end - rss_warm < 32 * 2**20, f"RSS grew {(rss_end - rss_warm) / 2**20:.1f} MiB under load"
+    # Under ASan freed blocks wait in a quarantine of up to 256 MiB (to catch use after free), so RSS grows
+    # without a leak; the plain build's run of this test holds the bound.
+    if not under_address_sanitizer():
+        assert rss_end - rss_warm < 32 * 2**20, f"RSS grew {(rss_end - rss_warm) / 2**20:.1f} MiB under load"
