@@ -62,7 +62,7 @@ def main(argv=None) -> int:
         from .onnx_export import ParityError
         from .tensorrt_build import PlanMismatch, TensorRTUnavailable
 
-        if isinstance(e, (ValueError, FileNotFoundError, TensorRTUnavailable, PlanMismatch, ParityError)):
+        if isinstance(e, (ValueError, OSError, TensorRTUnavailable, PlanMismatch, ParityError)):
             print(f"jrm-export: error: {e}", file=sys.stderr)
             return 2
         raise
@@ -85,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
     from .load import graph_from_model, load_reward_model
     from .manifest import checkpoint_sha256
 
+    from jrm_engine.checkpoint import verify_safetensors
+
+    verify_safetensors(args.checkpoint)
     model = load_reward_model(args.checkpoint)
     ckpt_hash = checkpoint_sha256(args.checkpoint)
     settings = ExportSettings(buckets=buckets, max_batch=args.max_batch, opt_batch=args.opt_batch or min(8, args.max_batch),

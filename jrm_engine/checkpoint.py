@@ -133,7 +133,21 @@ def latest_checkpoint(out: str | Path) -> Path | None:
     path = root / os.readlink(pointer)
     if not (path / "trainer_state.json").is_file():
         raise FileNotFoundError(f"{pointer} names {path}, which is missing or incomplete")
+    verify_safetensors(path)
     return path
+
+
+def verify_safetensors(folder: str | Path) -> None:
+    """Open the header of every .safetensors file under `folder`; a truncated or corrupted one is a ValueError
+    naming it, before any loading starts (safetensors' own error names no file and is no ValueError)."""
+    from safetensors import SafetensorError, safe_open
+
+    for path in sorted(Path(folder).rglob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except SafetensorError as e:
+            raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
 
 
 def restore_training_state(path: Path, optimizer, scheduler, module: nn.Module) -> dict:

@@ -72,14 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_checkpoint(path: str) -> Path:
     """A training run's --out folder stands for its latest checkpoint; anything else is passed on unchanged."""
-    from .checkpoint import latest_checkpoint
+    from .checkpoint import latest_checkpoint, verify_safetensors
 
     folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"CHECKPOINT {folder}: no such folder")
     if not (folder / "jrm.json").is_file() and (folder / "checkpoints").is_dir():
         latest = latest_checkpoint(folder)
         if latest is None:
             raise FileNotFoundError(f"{folder}: a training run without a saved checkpoint")
         return latest
+    verify_safetensors(folder)
     return folder
 
 
@@ -96,13 +99,13 @@ def evaluate(args: argparse.Namespace) -> dict:
     if args.scores is not None and args.checkpoint is not None:
         raise ValueError("give either a CHECKPOINT or --scores FILE, not both")
     checkpoint = resolve_checkpoint(args.checkpoint) if args.checkpoint is not None else None
-    out = Path(args.out or f"eval/{args.bench}")
-    out.mkdir(parents=True, exist_ok=True)
     bench = load_benchmark(args.bench, args.data, exclude_bad=args.exclude_bad, multi_image=args.multi_image,
                            synthetic_n=args.synthetic_n, synthetic_seed=args.synthetic_seed,
                            image_size=_image_size(checkpoint))
     if not bench.items:
         raise ValueError(f"{args.bench} {args.data}: no rows left to evaluate")
+    out = Path(args.out or f"eval/{args.bench}")
+    out.mkdir(parents=True, exist_ok=True)  # only once the input is known good: a bad one leaves no empty folder
     t0 = time.perf_counter()
     if args.scores is not None:
         scores, source = read_scores(args.scores), {"scores_file": str(args.scores)}

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import torch
 
+from .checkpoint import verify_safetensors
 from .model import RewardModel
 from .vision import load_image, pixels_to_patches
 
@@ -46,9 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=48)
     args = p.parse_args(argv)
     try:
+        verify_safetensors(args.checkpoint)
         model = RewardModel.from_pretrained(args.checkpoint)
         reward, text = explain(model, args.source, args.instruction, args.edited, args.max_new_tokens)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"reward: {reward:.4f}\nexplanation: {text}")
