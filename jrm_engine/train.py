@@ -389,8 +389,6 @@ def config_from_args(args: argparse.Namespace) -> JRMConfig:
         direct["train.seed"] = direct["data.seed"] = args.seed
     overrides.update({k: v for k, v in direct.items() if v is not None})
     cfg = load_config(args.preset, args.config, overrides)
-    if not 0.0 <= cfg.loss.alpha <= 1.0:
-        raise ValueError(f"--alpha must be in [0, 1], got {cfg.loss.alpha}")
     # Checked here: the trainer writes the tiny backbone into --out before it reads the data.
     if cfg.model.backbone is not None and not Path(cfg.model.backbone).is_dir():
         raise FileNotFoundError(f"--backbone / model.backbone {cfg.model.backbone}: no such folder")

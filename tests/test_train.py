@@ -91,9 +91,9 @@ def test_checkpoint_scores_through_the_scoring_api(finished_run):
 
 def test_cli_errors_are_clear(tmp_path, capsys):
     assert main(["--preset", "smoke", "--out", str(tmp_path), "--alpha", "1.5", "--quiet"]) == 2
-    assert "--alpha must be in [0, 1]" in capsys.readouterr().err
+    assert "loss.alpha: must be in [0, 1]" in capsys.readouterr().err
     assert main(["--preset", "smoke", "--out", str(tmp_path), "--backbone", str(tmp_path / "nope")]) == 2
-    assert "not a model folder" in capsys.readouterr().err
+    assert "nope: no such folder" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0
