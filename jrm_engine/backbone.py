@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerFast
 
 from .config import TinyBackboneConfig
 from .vision import VisionSpec
+from .vision_attention import batch_vision_attention
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "[UNK]"]
 
@@ -42,6 +43,7 @@ def load_backbone(folder: str | Path, *, dtype: torch.dtype = torch.float32, att
     model = _model_classes()[config.model_type].from_pretrained(
         folder, dtype=dtype, attn_implementation=attn_implementation)
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    batch_vision_attention(model)  # same attention, one call instead of one per image window
     return model, tokenizer
 
 
