@@ -28,7 +28,7 @@ from .data.collate import Batch, PairCollator
 from .data.sources import build_datasets, vocabulary_for
 from .distributed import Dist
 from .losses import joint_loss
-from .metrics import effective_rank, pairwise_accuracy
+from .metrics import centred_effective_rank, effective_rank, pairwise_accuracy, wilson_interval
 from .model import RewardModel
 from .plots import plot_training
 from .vision import VisionSpec
@@ -188,7 +188,11 @@ def evaluate(objective: nn.Module, pairs, collate: PairCollator, cfg: JRMConfig,
                "lm_loss": sum(r[2] / max(r[3], 1) for r in per_batch) / len(per_batch)}
     if keep_features:
         gathered = dist.all_gather_object(torch.cat(features) if features else None)
-        metrics["effective_rank"] = effective_rank(torch.cat([f for f in gathered if f is not None]))
+        every = torch.cat([f for f in gathered if f is not None])
+        metrics["effective_rank"] = effective_rank(every)
+        metrics["effective_rank_centred"] = centred_effective_rank(every)
+        if total:
+            metrics["accuracy_95ci"] = list(wilson_interval(correct, total))
     return metrics
 
 
@@ -333,7 +337,8 @@ def _train(cfg: JRMConfig, dist: Dist, device: torch.device, resume: bool, quiet
     plot = plot_training(out / "metrics.jsonl", out / "training_curves.png")
     checkpoint = latest_checkpoint(out)
     print(f"\nheld-out pairwise accuracy: {final['accuracy']:.4f} ({final['pairs']} pairs), "
-          f"effective rank of reward features: {final['effective_rank']:.2f}")
+          f"effective rank of reward features: {final['effective_rank']:.2f} "
+          f"(centred {final['effective_rank_centred']:.2f})")
     print(f"checkpoint: {checkpoint}\nmetrics:    {out / 'metrics.jsonl'}, {out / 'final_metrics.json'}\n"
           f"plots:      {plot}")
     return final

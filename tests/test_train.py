@@ -30,6 +30,9 @@ def finished_run(tmp_path_factory):
 def test_run_writes_checkpoint_metrics_and_plot(finished_run):
     out, final = finished_run
     assert 0.0 <= final["accuracy"] <= 1.0 and final["effective_rank"] >= 1.0
+    assert final["effective_rank_centred"] >= 1.0
+    low, high = final["accuracy_95ci"]
+    assert 0.0 <= low <= final["accuracy"] <= high <= 1.0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4]
     assert any(r["kind"] == "eval" for r in rows)
