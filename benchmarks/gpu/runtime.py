@@ -178,7 +178,8 @@ def measure_runtime(setup: Setup, args) -> dict:
     stage(f"starting the C++ runtime on {setup.device}")
     results = {}
     with RuntimeScorer(setup.manifest, device=setup.device, max_batch=setup.max_batch,
-                       max_delay_ms=args.max_delay_ms, max_queue=4096, verify_sha256=False) as rt:
+                       max_delay_ms=args.max_delay_ms, max_queue=4096, inflight=args.inflight,
+                       verify_sha256=False) as rt:
         stage("runtime warm-up")
         rt.score(*zip(*setup.requests[: 2 * setup.max_batch]))  # warm up every worker
         for threads in (1, 8, 64):
@@ -213,8 +214,13 @@ def run_part_in_subprocess(part: str, argv: list[str], folder: Path) -> dict:
     """One part in a fresh interpreter; its figures, or how it died."""
     out = folder / f"{part}.json"
     stage(f"part '{part}' in a subprocess")
-    proc = subprocess.run([sys.executable, "-X", "faulthandler", __file__, *argv, "--part", part,
-                           "--part-out", str(out)])
+    command = [sys.executable, "-X", "faulthandler", __file__, *argv, "--part", part, "--part-out", str(out)]
+    if os.environ.get("JRM_PART_GDB") == "1":
+        # A rerun after a crash (run_all.sh): gdb stops at the fatal signal and prints every thread's native
+        # stack, which faulthandler's Python-only stacks cannot show. The part then counts as failed.
+        command = ["gdb", "-q", "-batch", "-ex", "handle SIGPIPE nostop noprint pass", "-ex", "run",
+                   "-ex", "thread apply all bt 40", "-return-child-result", "--args", *command]
+    proc = subprocess.run(command)
     if proc.returncode == 0 and out.is_file():
         return json.loads(out.read_text())
     died = (f"signal {signal.Signals(-proc.returncode).name}" if proc.returncode < 0
@@ -229,6 +235,7 @@ def build_report(setup: Setup, args, results: dict) -> dict:
         "cuda": torch.version.cuda, "python": platform.python_version(),
         "manifest": str(Path(args.manifest).resolve()), "image_size": setup.manifest.image_size,
         "buckets": setup.buckets, "max_batch": setup.max_batch, "max_delay_ms": args.max_delay_ms,
+        "inflight": args.inflight or "runtime default: 2 on CUDA, 1 on CPU",
         "dtype": setup.manifest.fields.get("dtype"), "results": results,
         "targets": {"overhead_at_full_batch_pct": "<= 5", "single_request_p50_ms": "<= 25",
                     "clients64_vs_offline_pct": ">= 90"},
@@ -272,6 +279,9 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default=None, help="default: the manifest's device")
     p.add_argument("--requests", type=int, default=64, help="requests per client thread count (scaled down for 64)")
     p.add_argument("--max-delay-ms", type=float, default=2.0)
+    p.add_argument("--inflight", type=int, default=None,
+                   help="batches in flight = runners per package (default: the runtime's, 2 on CUDA, 1 on CPU); "
+                        "2 on a CPU reproduces the GPU run's loader configuration")
     p.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
     p.add_argument("--part", choices=("all", *PARTS), default="all",
                    help="all (default): each part in its own process, then the report")

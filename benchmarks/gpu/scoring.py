@@ -137,17 +137,28 @@ def main(argv=None) -> int:
                    help="folder for <gpu>-scoring.json (default: $OUT, else benchmarks/results)")
     p.add_argument("--aoti-out", default=None, help="also write an AOTInductor package + manifest here")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    p.add_argument("--compile-mode", default="default", choices=("default", "reduce-overhead", "max-autotune"),
+                   help="torch.compile mode (the device session uses max-autotune)")
     p.add_argument("--aoti-group", action="store_true", help="with --aoti-out: also the group package")
     p.add_argument("--aoti-only", action="store_true",
                    help="with --aoti-out: only the parity check and the package, no timings (for the runtime benchmark)")
     p.add_argument("--budget-s", type=float, default=270.0, help="skip sections that would start after this")
     p.add_argument("--iters", type=int, default=None, help="timed iterations per point (default 10, tiny 3)")
+    p.add_argument("--depth", default=None, metavar="TEXT,VISION",
+                   help="blocks at the 3B width, e.g. 2,2: the 3B layer shapes at a CPU-sized compile")
     p.add_argument("--dtype", choices=("bfloat16", "float32"), default=None,
                    help="default: bfloat16 on CUDA, float32 on CPU (bfloat16 on CPU checks the bf16 export logic)")
     args = p.parse_args(argv)
 
     start = time.perf_counter()
     shape = TINY if args.tiny else FULL
+    if args.depth:
+        text_depth, vision_depth = (int(n) for n in args.depth.split(","))
+        if text_depth < 1 or vision_depth < 1:
+            p.error(f"--depth {args.depth}: both block counts must be >= 1")
+        # The last vision block keeps full attention, as the 3B's last block does (index 31 of 32).
+        shape = {**shape, "text": {**shape["text"], "num_hidden_layers": text_depth},
+                 "vision": {**shape["vision"], "depth": vision_depth, "fullatt_block_indexes": [vision_depth - 1]}}
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype) if args.dtype else torch.bfloat16 if device.startswith("cuda") else torch.float32
     iters = args.iters or (3 if args.tiny else 10)
@@ -219,8 +230,9 @@ def main(argv=None) -> int:
 
     # 4. torch.compile of the same graph; compile time (first call per shape) reported apart.
     if timings and not args.no_compile:
-        compiled = torch.compile(graph)
-        compiled_group = torch.compile(group)
+        compiled = torch.compile(graph, mode=args.compile_mode)
+        compiled_group = torch.compile(group, mode=args.compile_mode)
+        notes["compile_mode"] = args.compile_mode
         with torch.no_grad():
             for batch in shape["batches"][::-1]:  # largest first: the headline number
                 if over():
@@ -265,7 +277,8 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    slug = gpu_slug(device) + ("-tiny" if args.tiny else "")
+    depth = f"-depth{args.depth.replace(',', 'x')}" if args.depth else ""
+    slug = gpu_slug(device) + ("-tiny" if args.tiny else "") + depth
     report = {
         "benchmark": "scoring", "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
         "torch": torch.__version__, "transformers": __import__("transformers").__version__,
