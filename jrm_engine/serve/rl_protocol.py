@@ -47,6 +47,7 @@ the field names the key and index at fault, e.g. `meta_datas[5]`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import math
@@ -55,6 +56,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
 from PIL import Image
 
 from .errors import BadInput, BodyTooLarge, RequestError
@@ -62,6 +65,7 @@ from .safe_pickle import PickledImage, PickleRejected, RefusedGlobal, safe_loads
 
 __all__ = ["RLBatch", "RefusedPickle", "parse_request", "score_batch", "build_response", "make_router", "rl_router"]
 
+ENDPOINT = "rl_protocol"  # the metrics label
 DEFAULT_PATH = "/"  # where the trainers POST (their reward URL has no path)
 DEFAULT_TAG = "jrm"
 OTHER_TAG = -10.0  # Flow-GRPO's placeholder for "not this tag" in group_rewards
@@ -219,9 +223,6 @@ def make_router(engine, settings, path: str = DEFAULT_PATH):
     """The APIRouter `create_app(..., routers=[...])` mounts (`rl_router(path)` binds another path): POST `path`
     answers the protocol above. The app's guard has already bounded the body (`settings.max_body_bytes`) and
     checked the bearer token."""
-    from fastapi import APIRouter, Request
-    from fastapi.responses import Response
-
     router = APIRouter()
 
     @router.post(path, tags=["rl-protocol"], summary="Flow-GRPO / EditScore reward-server protocol (pickled)")
@@ -230,10 +231,20 @@ def make_router(engine, settings, path: str = DEFAULT_PATH):
         allow-list (builtin containers and scalars, PIL images). Answer: pickled `{"scores", "rewards",
         "strict_rewards", "group_rewards", "group_strict_rewards", "reasoning", "meta_data"}`. Prefer
         /v1/score_group for new clients: JSON or raw arrays, no pickle."""
-        batch = await engine.offload(parse_request, await request.body(), max_body_bytes=settings.max_body_bytes,
-                                     max_pixels=settings.max_pixels, max_candidates=settings.max_candidates)
-        rewards = await score_batch(engine, batch)
-        answer = pickle.dumps(build_response(batch, rewards), protocol=pickle.DEFAULT_PROTOCOL)
+        metrics = request.app.state.metrics
+        try:
+            with metrics.timed(metrics.latency, ENDPOINT):
+                with metrics.timed(metrics.decode, ENDPOINT, "pickle"):
+                    batch = await engine.offload(functools.partial(
+                        parse_request, max_body_bytes=settings.max_body_bytes, max_pixels=settings.max_pixels,
+                        max_candidates=settings.max_candidates), await request.body())
+                rewards = await score_batch(engine, batch)
+                answer = pickle.dumps(build_response(batch, rewards), protocol=pickle.DEFAULT_PROTOCOL)
+        except RequestError as e:
+            metrics.requests.labels(ENDPOINT, str(e.status)).inc()
+            raise
+        metrics.requests.labels(ENDPOINT, "200").inc()
+        metrics.candidates.labels(ENDPOINT).inc(len(rewards))
         return Response(answer, media_type="application/octet-stream")
 
     return router
