@@ -8,7 +8,8 @@
 The default "binary" format resizes each image to the server's image size here (the same bicubic resize the
 server would do, so rewards are identical) and sends raw uint8 arrays: no PNG encode or decode on either side.
 "json" sends base64 PNG (or the bytes of a PNG/JPEG file as they are). A 503 (queue full or a replica shutting
-down) and a dropped connection are retried with exponential back-off (scoring is idempotent); any other error
+down), a proxy's 500/502 for a replica that died, and a dropped connection are retried with exponential
+back-off (scoring is idempotent); any other error
 raises RewardServerError with the server's message, which names the field at fault.
 """
 from __future__ import annotations
@@ -104,7 +105,7 @@ class RewardClient:
             else:
                 if response.status_code < 400:
                     return response
-                if response.status_code != 503 or last:
+                if not _retriable(response) or last:
                     raise RewardServerError(response.status_code, _error_text(response))
                 delay = max(delay, _retry_after(response))
             time.sleep(min(delay, self.max_backoff_s))
@@ -144,6 +145,16 @@ def _b64(image: Any) -> str:
         pil.convert("RGB").save(buffer, format="PNG", compress_level=1)
         image = buffer.getvalue()
     return base64.b64encode(image).decode("ascii")
+
+
+def _retriable(response: httpx.Response) -> bool:
+    """503 (queue full, replica shutting down), and a 500/502 that is not the app's own JSON error: that one came
+    from a proxy in front of a replica that died mid-request (Ray Serve's answers 500 in plain text). The app's
+    own 500 (the engine failed on the batch) is not retried: the same batch would fail again."""
+    if response.status_code == 503:
+        return True
+    return response.status_code in (500, 502) and not response.headers.get("content-type", "").startswith(
+        "application/json")
 
 
 def _retry_after(response: httpx.Response) -> float:
