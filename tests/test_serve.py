@@ -250,7 +250,7 @@ def test_probes_metrics_and_openapi(server):
                  "jrm_runtime_mean_batch_size ", "jrm_runtime_batches "]:
         assert line in metrics, line
     spec = httpx.get(srv.url + "/openapi.json").json()
-    body = spec["paths"]["/v1/score"]["requestBody"]["content"]
+    body = spec["paths"]["/v1/score"]["post"]["requestBody"]["content"]
     assert set(body) == {"application/json", BINARY}
     assert {"ScoreRequest", "ScoreItem", "GroupRequest"} <= set(spec["components"]["schemas"])
 
