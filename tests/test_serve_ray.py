@@ -1,11 +1,14 @@
 """The reward server as 2 Ray Serve replicas on a local Ray (loopback): the same results as in-process scoring,
 and killing one replica under load loses no request silently (RewardClient retries what the dead replica
-dropped; anything it cannot retry is a RewardServerError, never a wrong or missing answer)."""
+dropped; anything it cannot retry is a RewardServerError, never a wrong or missing answer). The replicas also
+answer the Flow-GRPO / EditScore pickled protocol at / (`--rl-path /`), as one `jrm serve` does."""
 from __future__ import annotations
 
+import pickle
 import socket
 import threading
 
+import httpx
 import numpy as np
 import pytest
 
@@ -14,6 +17,7 @@ from jrm_engine.client import RewardClient, RewardServerError
 from test_export import FP32_TOL, aoti_package, checkpoint, small_model  # noqa: F401  (fixtures)
 from test_scoring import images, torch_scorer  # noqa: F401  (fixture)
 from test_scoring_runtime import TEXTS, runtime_package  # noqa: F401  (fixture)
+from test_serve_rl_protocol import expected_rewards, trainer_batch
 
 ray = pytest.importorskip("ray", reason="ray[serve] is not installed (pip install 'ray[serve]')")
 
@@ -32,7 +36,7 @@ def replicas(runtime_package):  # noqa: F811
         pytest.skip(f"a local Ray could not start here: {e}")
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = deployment(str(runtime_package), "runtime", scorer_options={"max_batch": 4, "max_delay_ms": 5},
-                     replicas=2, cpus_per_replica=0.5)
+                     replicas=2, cpus_per_replica=0.5, rl_path="/")
     serve.run(app, name="jrm", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
@@ -47,6 +51,18 @@ def test_two_replicas_serve_the_same_results(replicas, torch_scorer):  # noqa: F
                                        atol=FP32_TOL, rtol=0)
         np.testing.assert_allclose(client.score_group(sources[0], TEXTS[0], edited),
                                    torch_scorer.score_group(sources[0], TEXTS[0], edited), atol=FP32_TOL, rtol=0)
+
+
+def test_replicas_answer_the_flow_grpo_protocol(replicas, torch_scorer):  # noqa: F811
+    # Every replica builds its app by the same __serve_build_asgi_app__, so any replica answering shows the wiring;
+    # a few calls let the proxy spread them over both.
+    for seed in (8, 9, 10):
+        batch = trainer_batch(prompts=2, group=3, seed=seed)
+        r = httpx.post(replicas + "/", content=pickle.dumps(batch), timeout=120,
+                       headers={"Content-Type": "application/octet-stream"})
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(pickle.loads(r.content)["rewards"], expected_rewards(torch_scorer, batch),
+                                   atol=FP32_TOL, rtol=0)
 
 
 def test_killing_a_replica_under_load_loses_no_request_silently(replicas, torch_scorer):  # noqa: F811

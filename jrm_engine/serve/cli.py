@@ -30,7 +30,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="engine file (.pt2 from jrm-export) or checkpoint folder")
     p.add_argument("--backend", default="runtime", choices=["runtime", "compiled", "torch"])
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: the engine's)")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback; 0.0.0.0 exposes it)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1, loopback; 0.0.0.0 exposes it)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--rl-path", default=None, metavar="PATH",
                    help="also answer the Flow-GRPO / EditScore pickled reward-server protocol at PATH (their "
@@ -77,7 +77,8 @@ def run(args) -> None:
         from .ray_serve import run_replicas
         run_replicas(args.model, args.backend, settings, scorer_options(args), host=args.host, port=args.port,
                      replicas=args.replicas, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
-                     target_ongoing_requests=args.target_ongoing_requests, cpus_per_replica=args.cpus_per_replica)
+                     target_ongoing_requests=args.target_ongoing_requests, cpus_per_replica=args.cpus_per_replica,
+                     rl_path=args.rl_path)
         return
     import uvicorn
 
