@@ -32,7 +32,8 @@ test: $(STAMP)
 # the first installed copy on sys.path). Python is not ASan-built, so the ASan runtime is preloaded; leak checks
 # are off because CPython and torch keep allocations until exit by design.
 SANITIZE_DIR := build/sanitize
-SANITIZE_TESTS := tests/test_runtime_sanitizer.py tests/test_runtime.py tests/test_runtime_load.py tests/test_runtime_export.py tests/test_scoring_runtime.py
+SANITIZE_TESTS := tests/test_runtime_sanitizer.py tests/test_runtime.py tests/test_runtime_load.py \
+  tests/test_runtime_export.py tests/test_scoring_runtime.py
 test-sanitize: $(STAMP)
 	$(PY) -m pip install -q --upgrade --no-build-isolation --no-deps --target $(SANITIZE_DIR)/site \
 	  -C cmake.define.JRM_SANITIZE=ON -C cmake.build-type=RelWithDebInfo -C build-dir=$(SANITIZE_DIR)/cmake .

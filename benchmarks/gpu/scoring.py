@@ -177,12 +177,32 @@ def main(argv=None) -> int:
     text_len, g_size = shape["text_len"], shape["group"]
     results, skipped, notes = [], [], {}
     over = lambda: time.perf_counter() - start > args.budget_s
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    depth = f"-depth{args.depth.replace(',', 'x')}" if args.depth else ""
+    path = out / f"{gpu_slug(device)}{'-tiny' if args.tiny else ''}{depth}-scoring.json"
+    parity: dict = {}
+
+    def save(complete: bool) -> None:
+        """Rewritten (temp file + rename) after every timing, so a run killed by its timeout keeps its figures."""
+        report = {
+            "benchmark": "scoring", "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+            "torch": torch.__version__, "transformers": __import__("transformers").__version__,
+            "dtype": str(dtype).replace("torch.", ""), "params": params, "image_size": shape["image_size"],
+            "text_len": text_len, "group": g_size, "shape": shape, "model_build_s": round(build_s, 1),
+            "parity": parity, "results": results, "skipped_over_budget": skipped, "notes": notes,
+            "complete": complete, "total_s": round(time.perf_counter() - start, 1),
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(report, indent=2))
+        os.replace(tmp, path)
 
     def record(path: str, mode: str, batch: int, timing: dict) -> None:
         per_s = batch / (timing["p50_ms"] / 1e3)
         row = {"path": path, "mode": mode, "batch": batch, **timing, "candidates_per_s": round(per_s, 2),
                "tflops": round(per_s * FLOP_PER_CANDIDATE / 1e12, 1) if not args.tiny else None}
         results.append(row)
+        save(complete=False)
         print(f"  {path:<16} {mode:<12} batch {batch:>3}: p50 {timing['p50_ms']:9.2f} ms  {per_s:8.2f} cand/s",
               flush=True)
 
@@ -204,6 +224,7 @@ def main(argv=None) -> int:
     parity["ok"] = parity["max_abs_diff"] <= tol and parity["group_vs_independent_max_abs_diff"] <= tol
     print(f"parity: graph vs HF max |diff| {parity['max_abs_diff']:.3g} (scale {scale:.3g}, tol {tol:.3g}); "
           f"group vs independent {parity['group_vs_independent_max_abs_diff']:.3g}", flush=True)
+    save(complete=False)
 
     # 2. Independent scoring: HF eager, graph eager.
     timings = not args.aoti_only
@@ -267,7 +288,7 @@ def main(argv=None) -> int:
 
             batch_max = max(shape["batches"])
             settings = ExportSettings(buckets=(text_len, 2 * text_len), max_batch=batch_max,
-                                      opt_batch=min(8, batch_max),
+                                      opt_batch=min(8, batch_max), max_group=g_size,  # runtime.py's group size
                                       dtype="bfloat16" if dtype == torch.bfloat16 else "float32")
             t0 = time.perf_counter()
             manifest = compile_package(graph, settings, Path(args.aoti_out) / "scorer.pt2", device=device,
@@ -275,21 +296,7 @@ def main(argv=None) -> int:
             notes["aoti_compile_s"] = round(time.perf_counter() - t0, 1)
             notes["aoti_manifest"] = str(manifest)
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    depth = f"-depth{args.depth.replace(',', 'x')}" if args.depth else ""
-    slug = gpu_slug(device) + ("-tiny" if args.tiny else "") + depth
-    report = {
-        "benchmark": "scoring", "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
-        "torch": torch.__version__, "transformers": __import__("transformers").__version__,
-        "dtype": str(dtype).replace("torch.", ""), "params": params, "image_size": shape["image_size"],
-        "text_len": text_len, "group": g_size, "shape": shape, "model_build_s": round(build_s, 1),
-        "parity": parity, "results": results, "skipped_over_budget": skipped, "notes": notes,
-        "total_s": round(time.perf_counter() - start, 1),
-    }
-    path = out / f"{slug}-scoring.json"
-    path.write_text(json.dumps(report, indent=2))
-
+    save(complete=True)
     print(f"\nwrote {path}\n")
     print(f"{'path':<16} {'mode':<12} {'batch':>5} {'p50 ms':>10} {'cand/s':>9}")
     for r in results:
