@@ -71,12 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_checkpoint(path: str) -> Path:
-    """A training run's --out folder stands for its latest checkpoint; anything else is passed on unchanged."""
+    """A training run's --out folder stands for its latest checkpoint; a checkpoint folder is checked for readable
+    safetensors; an exported engine file (.pt2, .onnx, .plan) is passed on to its backend's loader."""
     from .checkpoint import latest_checkpoint, verify_safetensors
 
     folder = Path(path)
+    if folder.is_file():
+        return folder
     if not folder.is_dir():
-        raise FileNotFoundError(f"CHECKPOINT {folder}: no such folder")
+        raise FileNotFoundError(f"CHECKPOINT {folder}: no such checkpoint folder or engine file")
     if not (folder / "jrm.json").is_file() and (folder / "checkpoints").is_dir():
         latest = latest_checkpoint(folder)
         if latest is None:

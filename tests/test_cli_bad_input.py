@@ -106,7 +106,7 @@ def test_evaluate_bad_checkpoints(run_dir, tmp_path, capsys):
     out = tmp_path / "eval"
     common = ["--bench", "synthetic", "--synthetic-n", "4", "--out", str(out), "--quiet"]
     rc = evaluate.main([str(tmp_path / "no-such-ckpt"), *common])
-    assert_one_line_error(rc, capsys.readouterr().err, "no-such-ckpt: no such folder")
+    assert_one_line_error(rc, capsys.readouterr().err, "no-such-ckpt: no such checkpoint folder or engine file")
     broken = truncated_copy(run_dir, tmp_path, "reward_head.safetensors")
     rc = evaluate.main([str(broken / "checkpoints" / "latest"), *common])
     assert_one_line_error(rc, capsys.readouterr().err, "reward_head.safetensors: not a readable safetensors file")
