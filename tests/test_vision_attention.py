@@ -4,7 +4,7 @@ import torch
 
 from jrm_engine.vision import VisionSpec, pixels_to_patches
 from jrm_engine.vision_attention import batch_vision_attention
-from tests.helpers import tiny_reward_model
+from helpers import tiny_reward_model
 
 
 @pytest.fixture(scope="module")
