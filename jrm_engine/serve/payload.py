@@ -196,9 +196,3 @@ def _is_binary(content_type: str) -> bool:
         return False
     raise BadInput("content-type", f"{content_type!r}: send application/json or {BINARY}")
 
-
-# ---- encoding (the client's side of the binary format) ---------------------------------------------------------
-def encode_binary(header: dict, arrays: list[np.ndarray]) -> bytes:
-    """The binary body: `header` gets each array's shape under its name by the caller; arrays are uint8."""
-    head = json.dumps(header).encode()
-    return b"".join([struct.pack("<I", len(head)), head] + [np.ascontiguousarray(a, np.uint8).tobytes() for a in arrays])
