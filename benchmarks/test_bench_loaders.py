@@ -29,7 +29,7 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-CI_ROWS = 100_000  # below ~50k rows both peaks are the imports' own (measured: 312.5 vs 312.4 MiB at 20k)
+CI_ROWS = 100_000  # at 20k rows both peaks were the imports' own (312.5 vs 312.4 MiB, fresh clone): no comparison
 IMAGE_PAD = 200  # bytes after each PNG: ~270 bytes an image, ~0.85 KB a row
 ROW_GROUP = 1000
 RANDOM_READS = 2000
