@@ -19,6 +19,9 @@ from .sequence import SequenceLayout, TokenIds
 from .vision import VisionSpec
 
 HEAD_FILE = "reward_head.safetensors"
+# Backbones whose image features enter only through the input embeddings, so they may be computed once per unique
+# image and scattered; Qwen3-VL also adds them inside the decoder (deepstack) and takes every image slot's pixels.
+SHARED_IMAGE_MODEL_TYPES = ("qwen2_5_vl", "qwen2_vl")
 JRM_FILE = "jrm.json"
 
 
@@ -79,10 +82,25 @@ class RewardModel(nn.Module):
         Qwen's 3-D (time, row, column) M-RoPE positions, and the model cannot tell where objects are."""
         return (input_ids == self.token_ids.image).int()
 
-    def forward(self, input_ids, attention_mask, pixel_values, image_grid_thw, reward_pos) -> RewardOutput:
-        out = self.backbone.model(input_ids=input_ids, attention_mask=attention_mask,
-                                  pixel_values=pixel_values, image_grid_thw=image_grid_thw,
-                                  mm_token_type_ids=self.token_types(input_ids), use_cache=False)
+    def forward(self, input_ids, attention_mask, pixel_values, image_grid_thw, reward_pos,
+                image_index=None) -> RewardOutput:
+        """image_index [n_slots], optional: the sequences' image slots (in order) name rows of `pixel_values` /
+        `image_grid_thw`, so an image several sequences share (a pair's source) is encoded once."""
+        inner, types = self.backbone.model, self.token_types(input_ids)
+        if image_index is not None and self.backbone.config.model_type not in SHARED_IMAGE_MODEL_TYPES:
+            patches = pixel_values.unflatten(0, (len(image_grid_thw), -1))  # equal image sizes: [U, P, D]
+            pixel_values, image_grid_thw = patches[image_index].flatten(0, 1), image_grid_thw[image_index]
+            image_index = None
+        if image_index is None:
+            out = inner(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
+                        image_grid_thw=image_grid_thw, mm_token_type_ids=types, use_cache=False)
+        else:
+            features = inner.get_image_features(pixel_values, image_grid_thw).pooler_output  # per unique image
+            slots = torch.cat([features[i] for i in image_index.tolist()])  # [image tokens, H], in sequence order
+            embeds = inner.get_input_embeddings()(input_ids)
+            embeds = embeds.masked_scatter((input_ids == self.token_ids.image)[..., None], slots.to(embeds.dtype))
+            out = inner(input_ids=input_ids, inputs_embeds=embeds, attention_mask=attention_mask,
+                        image_grid_thw=image_grid_thw[image_index], mm_token_type_ids=types, use_cache=False)
         hidden = out.last_hidden_state  # [B, L, H]
         features = hidden[torch.arange(hidden.shape[0], device=hidden.device), reward_pos]  # [B, H]
         return RewardOutput(hidden, self.head(features), features)

@@ -8,6 +8,7 @@ from helpers import random_pairs, tiny_reward_model
 from jrm_engine.backbone import load_backbone
 from jrm_engine.data import Candidate, PreferencePair
 from jrm_engine.data.collate import PairCollator
+from jrm_engine.losses import joint_loss
 from jrm_engine.model import RewardModel
 from jrm_engine.sequence import IGNORE_INDEX
 
@@ -42,6 +43,30 @@ def test_reward_ignores_padding_and_explanation(model):
     torch.testing.assert_close(batched, alone, atol=1e-5, rtol=0)
     # causal attention: the explanation after <reward> never changes the reward
     torch.testing.assert_close(batched, without, atol=1e-5, rtol=0)
+
+
+def test_shared_source_image_gives_the_unshared_loss_and_gradients(model):
+    """A pair's source image is encoded once and scattered into both sequences; against every slot encoding its own
+    copy, the joint loss and every gradient (the vision tower's included) are unchanged."""
+    batch = PairCollator(model.layout, model.spec)(random_pairs(3, model.spec.image_size, seed=2))
+    assert len(batch.image_grid_thw) == 3 * 3 and len(batch.image_index) == 2 * 6  # 3 images a pair, 4 slots
+    per_image = batch.pixel_values.unflatten(0, (len(batch.image_grid_thw), -1))
+    unshared = dict(batch.model_inputs(), pixel_values=per_image[batch.image_index].flatten(0, 1),
+                    image_grid_thw=batch.image_grid_thw[batch.image_index], image_index=None)
+    results = []
+    for inputs in (batch.model_inputs(), unshared):
+        model.zero_grad()
+        out = model(**inputs)
+        loss = joint_loss(out.hidden.flatten(0, 1), model.lm_weight, batch.lm_labels.flatten(), out.rewards,
+                          batch.chosen, batch.rejected, impl="torch").loss
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (shared_loss, shared_grads), (loss, grads) = results
+    torch.testing.assert_close(shared_loss, loss, atol=1e-6, rtol=1e-5)
+    assert shared_grads.keys() == grads.keys() and any("visual" in n for n in grads)
+    for name in grads:
+        torch.testing.assert_close(shared_grads[name], grads[name], atol=1e-6, rtol=1e-4, msg=name)
+    model.zero_grad()
 
 
 def test_save_and_load_roundtrip(model, tmp_path):

@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from jrm_engine.data.scenes import GRID, SceneRenderer
+from jrm_engine.data.scenes import GRID, POSITIONS, SceneRenderer
 from jrm_engine.data.synthetic import (
     GRADES, OPERATIONS, SCORES, SyntheticEditDataset, heldout_combos, vocabulary,
 )
@@ -57,6 +57,24 @@ def test_heldout_combos_are_disjoint_from_training():
         assert ops == set(OPERATIONS)
         pair = ds[0]
         assert " ".join(ds.describe(0).subject) in pair.instruction
+
+
+def test_training_never_applies_a_heldout_operation_to_its_object():
+    # Read back from the explanations, independently of the generator's bookkeeping.
+    at = "at (?:" + "|".join(POSITIONS) + ")"
+    events = {"recolour": rf"(\w+) (\w+) {at} became", "remove": rf"(\w+) (\w+) {at} removed",
+              "add": r"(\w+) (\w+) added at", "move": r"(\w+) (\w+) moved"}
+    held = heldout_combos()
+    ds = SyntheticEditDataset(1500, seed=4, tie_rate=0.2)
+    applied = Counter()
+    for i in range(len(ds)):
+        p = ds[i]
+        for text in (p.a.explanation, p.b.explanation):
+            for op, pattern in events.items():
+                for colour, shape in re.findall(pattern, text):
+                    assert (op, colour, shape) not in held, (p.id, text)
+                    applied[op] += 1
+    assert min(applied.values()) > 100, applied  # the patterns do match: every operation was seen applied
 
 
 def test_every_emitted_token_is_in_the_vocabulary():

@@ -15,8 +15,9 @@ from .records import PreferencePair
 class Batch:
     input_ids: torch.Tensor  # [S, L] right-padded, S = 2 * pairs
     attention_mask: torch.Tensor  # [S, L]
-    pixel_values: torch.Tensor  # [2 * S * num_patches, patch_dim]: source then edited image of each sequence
-    image_grid_thw: torch.Tensor  # [2 * S, 3]
+    pixel_values: torch.Tensor  # [3 * P * num_patches, patch_dim]: each pair's source, first and second edit
+    image_grid_thw: torch.Tensor  # [3 * P, 3]
+    image_index: torch.Tensor  # [2 * S]: the image of each sequence's slots (source, edit); a pair shares its source
     reward_pos: torch.Tensor  # [S]
     lm_labels: torch.Tensor  # [S, L], aligned with input_ids
     chosen: torch.Tensor  # [P] indices into the S sequences
@@ -30,7 +31,7 @@ class Batch:
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         return dict(input_ids=self.input_ids, attention_mask=self.attention_mask, pixel_values=self.pixel_values,
-                    image_grid_thw=self.image_grid_thw, reward_pos=self.reward_pos)
+                    image_grid_thw=self.image_grid_thw, reward_pos=self.reward_pos, image_index=self.image_index)
 
 
 class PairCollator:
@@ -38,18 +39,19 @@ class PairCollator:
         self.layout, self.spec = layout, spec
 
     def __call__(self, pairs: list[PreferencePair]) -> Batch:
-        encoded, images, chosen, rejected, tie_a, tie_b = [], [], [], [], [], []
+        encoded, images, image_index, chosen, rejected, tie_a, tie_b = [], [], [], [], [], [], []
         for pair in pairs:
             pair.validate()
             first, second = (pair.b, pair.a) if pair.preference == "b" else (pair.a, pair.b)
             i = len(encoded)
             (tie_a if pair.preference == "tie" else chosen).append(i)
             (tie_b if pair.preference == "tie" else rejected).append(i + 1)
-            source = load_image(pair.source, self.spec.image_size, name=f"record {pair.id!r} source image")
+            source = len(images)
+            images.append(load_image(pair.source, self.spec.image_size, name=f"record {pair.id!r} source image"))
             for tag, cand in (("first", first), ("second", second)):
                 encoded.append(self.layout.encode(pair.instruction, cand.explanation, record=pair.id))
-                edited = load_image(cand.image, self.spec.image_size, name=f"record {pair.id!r} {tag} edit")
-                images += [source, edited]
+                image_index += [source, len(images)]
+                images.append(load_image(cand.image, self.spec.image_size, name=f"record {pair.id!r} {tag} edit"))
         length = max(len(e.input_ids) for e in encoded)
         n = len(encoded)
         input_ids = torch.full((n, length), self.layout.ids.pad, dtype=torch.long)
@@ -63,7 +65,7 @@ class PairCollator:
         patches = pixels_to_patches(pixels, self.spec).reshape(-1, self.spec.patch_dim)
         grid = torch.tensor([[1, self.spec.grid, self.spec.grid]] * len(images), dtype=torch.long)
         as_idx = lambda xs: torch.tensor(xs, dtype=torch.long)
-        return Batch(input_ids, attention_mask, patches, grid,
+        return Batch(input_ids, attention_mask, patches, grid, as_idx(image_index),
                      as_idx([e.reward_pos for e in encoded]), lm_labels,
                      as_idx(chosen), as_idx(rejected), as_idx(tie_a), as_idx(tie_b),
                      int((lm_labels != IGNORE_INDEX).sum()))

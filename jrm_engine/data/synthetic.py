@@ -92,33 +92,38 @@ class PairInfo:
 class _Edit:
     scene: Scene
     events: list[str] = field(default_factory=list)
+    applied: list[tuple[str, Obj]] = field(default_factory=list)  # (operation, object it was applied to)
     noise: dict[int, int] = field(default_factory=dict)
     verdict: str = ""
 
 
-# Edit primitives: change `scene` in place and return the explanation phrase for the change.
-def _recolour(scene: Scene, cell: int, colour: str, shape: str | None = None) -> str:
-    old_colour, old_shape = scene[cell]
+# Edit primitives: change `edit.scene` in place, record the explanation phrase and what was applied to which object.
+def _recolour(edit: _Edit, cell: int, colour: str, shape: str | None = None) -> None:
+    old_colour, old_shape = edit.scene[cell]
     new_shape = shape or old_shape
-    scene[cell] = (colour, new_shape)
+    edit.scene[cell] = (colour, new_shape)
     became = colour if new_shape == old_shape else f"{colour} {new_shape}"
-    return f"{old_colour} {old_shape} at {POSITIONS[cell]} became {became}"
+    edit.events.append(f"{old_colour} {old_shape} at {POSITIONS[cell]} became {became}")
+    edit.applied.append(("recolour", (old_colour, old_shape)))
 
 
-def _remove(scene: Scene, cell: int) -> str:
-    colour, shape = scene.pop(cell)
-    return f"{colour} {shape} at {POSITIONS[cell]} removed"
+def _remove(edit: _Edit, cell: int) -> None:
+    colour, shape = edit.scene.pop(cell)
+    edit.events.append(f"{colour} {shape} at {POSITIONS[cell]} removed")
+    edit.applied.append(("remove", (colour, shape)))
 
 
-def _add(scene: Scene, cell: int, obj: Obj) -> str:
-    scene[cell] = obj
-    return f"{obj[0]} {obj[1]} added at {POSITIONS[cell]}"
+def _add(edit: _Edit, cell: int, obj: Obj) -> None:
+    edit.scene[cell] = obj
+    edit.events.append(f"{obj[0]} {obj[1]} added at {POSITIONS[cell]}")
+    edit.applied.append(("add", obj))
 
 
-def _move(scene: Scene, cell: int, direction: str) -> str:
-    obj = scene.pop(cell)
-    scene[neighbour(cell, direction)] = obj
-    return f"{obj[0]} {obj[1]} moved {direction}"
+def _move(edit: _Edit, cell: int, direction: str) -> None:
+    obj = edit.scene.pop(cell)
+    edit.scene[neighbour(cell, direction)] = obj
+    edit.events.append(f"{obj[0]} {obj[1]} moved {direction}")
+    edit.applied.append(("move", obj))
 
 
 def _free_moves(scene: Scene, cell: int) -> list[str]:
@@ -129,8 +134,9 @@ def _free_moves(scene: Scene, cell: int) -> list[str]:
 class _Task:
     """One source scene and instruction; builds a candidate edit of each kind (None when a kind is impossible)."""
 
-    def __init__(self, rng: random.Random, operation: str, subject: Obj):
-        self.rng, self.op, self.subject = rng, operation, subject
+    def __init__(self, rng: random.Random, operation: str, subject: Obj,
+                 forbidden: frozenset[tuple[str, str, str]] = frozenset()):
+        self.rng, self.op, self.subject, self.forbidden = rng, operation, subject, forbidden
         cells = list(range(len(POSITIONS)))
         rng.shuffle(cells)
         others = [c for c in COLOURS if c != subject[0]]
@@ -166,13 +172,13 @@ class _Task:
 
     def _apply_correct(self, edit: _Edit) -> None:
         if self.op == "recolour":
-            edit.events.append(_recolour(edit.scene, self.cell, self.target))
+            _recolour(edit, self.cell, self.target)
         elif self.op == "remove":
-            edit.events.append(_remove(edit.scene, self.cell))
+            _remove(edit, self.cell)
         elif self.op == "add":
-            edit.events.append(_add(edit.scene, self.cell, self.subject))
+            _add(edit, self.cell, self.subject)
         else:
-            edit.events.append(_move(edit.scene, self.cell, self.direction))
+            _move(edit, self.cell, self.direction)
 
     def _touched(self) -> set[int]:
         if self.op == "move":
@@ -186,14 +192,15 @@ class _Task:
         elif kind in ("correct", "over_edit", "artefact"):
             self._apply_correct(edit)
             if kind == "over_edit":
-                victims = sorted(set(edit.scene) - self._touched())
-                if not victims:
+                options = [(cell, op) for cell in sorted(set(edit.scene) - self._touched())
+                           for op in ("remove", "recolour") if self.allowed(op, edit.scene[cell])]
+                if not options:
                     return None
-                victim = rng.choice(victims)
-                if rng.random() < 0.5:
-                    edit.events.append(_remove(edit.scene, victim))
+                victim, op = rng.choice(options)
+                if op == "remove":
+                    _remove(edit, victim)
                 else:
-                    edit.events.append(_recolour(edit.scene, victim, rng.choice(self.unused)))
+                    _recolour(edit, victim, rng.choice(self.unused))
             elif kind == "artefact":
                 # Away from the edited cells, so the blotch never hides or mimics the edit itself.
                 cell = rng.choice([c for c in range(len(POSITIONS))
@@ -213,18 +220,23 @@ class _Task:
         edit.verdict = edit.verdict or _VERDICTS[kind]
         return edit
 
+    def allowed(self, op: str, obj: Obj) -> bool:
+        return (op, *obj) not in self.forbidden
+
     def _wrong_object(self, edit: _Edit) -> bool:
         """The instructed change, applied to another object."""
-        others = sorted(c for c in edit.scene if c != self.cell)
+        others = sorted(c for c in edit.scene if c != self.cell and self.allowed(self.op, edit.scene[c]))
+        if not others:
+            return False
         if self.op == "recolour":
-            edit.events.append(_recolour(edit.scene, self.rng.choice(others), self.target))
+            _recolour(edit, self.rng.choice(others), self.target)
         elif self.op == "remove":
-            edit.events.append(_remove(edit.scene, self.rng.choice(others)))
+            _remove(edit, self.rng.choice(others))
         elif self.op == "move":
             movable = [c for c in others if self.direction in _free_moves(edit.scene, c)]
             if not movable:
                 return False
-            edit.events.append(_move(edit.scene, self.rng.choice(movable), self.direction))
+            _move(edit, self.rng.choice(movable), self.direction)
         else:  # "add" has no other object to apply itself to
             return False
         return True
@@ -235,31 +247,31 @@ class _Task:
         other_shape = rng.choice([s for s in SHAPES if s != shape])
         if self.op == "recolour":
             if rng.random() < 0.5:
-                edit.events.append(_recolour(edit.scene, self.cell, rng.choice(self.unused)))
+                _recolour(edit, self.cell, rng.choice(self.unused))
                 return "colour"
-            edit.events.append(_recolour(edit.scene, self.cell, self.target, other_shape))
+            _recolour(edit, self.cell, self.target, other_shape)
             return "shape"
         if self.op == "add":
             detail = rng.choice(("colour", "shape", "place"))
             if detail == "colour":
-                edit.events.append(_add(edit.scene, self.cell, (rng.choice(self.unused), shape)))
+                _add(edit, self.cell, (rng.choice(self.unused), shape))
             elif detail == "shape":
-                edit.events.append(_add(edit.scene, self.cell, (colour, other_shape)))
+                _add(edit, self.cell, (colour, other_shape))
             else:
                 empty = [c for c in range(len(POSITIONS)) if c not in edit.scene and c != self.cell]
-                edit.events.append(_add(edit.scene, rng.choice(empty), self.subject))
+                _add(edit, rng.choice(empty), self.subject)
             return detail
         if self.op == "remove":  # recoloured or moved instead of removed
             moves = _free_moves(edit.scene, self.cell)
             if moves and rng.random() < 0.5:
-                edit.events.append(_move(edit.scene, self.cell, rng.choice(moves)))
+                _move(edit, self.cell, rng.choice(moves))
             else:
-                edit.events.append(_recolour(edit.scene, self.cell, rng.choice(self.unused)))
+                _recolour(edit, self.cell, rng.choice(self.unused))
             return "action"
         moves = [d for d in _free_moves(edit.scene, self.cell) if d != self.direction]
         if not moves:
             return None
-        edit.events.append(_move(edit.scene, self.cell, rng.choice(moves)))
+        _move(edit, self.cell, rng.choice(moves))
         return "direction"
 
 
@@ -292,6 +304,11 @@ class SyntheticEditDataset(Sequence):
         self.renderer = SceneRenderer(image_size)
         self.image_size = image_size
         held = heldout_combos()
+        # In training, a held-out (operation, colour, shape) is never applied in any role, not even by a flawed
+        # candidate: were it applied only by wrong-object or over-edits, training would teach "applying this
+        # operation to this object is always a mistake", and the held-out pairs, where it is the instruction's
+        # subject, would be ranked backwards (correct vs wrong object fell to 0.38 that way).
+        self._forbidden = held if split == "train" else frozenset()
         self._subjects = {
             op: [(c, s) for c in COLOURS for s in SHAPES if ((op, c, s) in held) == (split == "heldout")]
             for op in OPERATIONS
@@ -330,8 +347,11 @@ class SyntheticEditDataset(Sequence):
         rng = random.Random(f"jrm-synthetic/{self.seed}/{self.split}/{i}")
         op = rng.choice(OPERATIONS)
         subject = rng.choice(self._subjects[op])
-        task = _Task(rng, op, subject)
+        task = _Task(rng, op, subject, self._forbidden)
         edits = {kind: task.build(kind, self.renderer) for kind in GRADES}
+        # The few flawed edits the choices above cannot steer (a wrong attribute's by-product) are left out.
+        edits = {kind: None if e is None or not all(task.allowed(*a) for a in e.applied) else e
+                 for kind, e in edits.items()}
         kinds = self._choose_kinds(rng, [k for k, e in edits.items() if e is not None])
         if rng.random() < 0.5:
             kinds = kinds[::-1]
