@@ -7,7 +7,7 @@ import pytest
 
 from jrm_engine.data.scenes import GRID, POSITIONS, SceneRenderer
 from jrm_engine.data.synthetic import (
-    GRADES, OPERATIONS, SCORES, SyntheticEditDataset, heldout_combos, vocabulary,
+    GRADES, INSTRUCTION_TOKENS, OPERATIONS, SCORES, SyntheticEditDataset, heldout_combos, vocabulary,
 )
 
 N = 400
@@ -89,6 +89,14 @@ def test_every_emitted_token_is_in_the_vocabulary():
                 assert set(tokens) <= vocab, (p.id, text, set(tokens) - vocab)
                 seen.update(tokens)
     assert len(vocab - seen) <= 2, vocab - seen  # no dead entries beyond rare ones (e.g. "empty")
+
+
+def test_instructions_have_one_token_count():
+    # The source and edited images then sit at one fixed M-RoPE distance (INSTRUCTION_TOKENS' comment).
+    for split in ("train", "heldout"):
+        ds = SyntheticEditDataset(200, seed=3, split=split)
+        lengths = {len(WORDS.findall(ds[i].instruction)) for i in range(len(ds))}
+        assert lengths == {INSTRUCTION_TOKENS}, (split, lengths)
 
 
 def test_explanations_are_short_and_verdict_first(train):

@@ -24,13 +24,9 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("square", "circle", "triangle", "cross")
 BACKGROUND = (24, 24, 24)
 
-# Row-major cell index -> name used in instructions and explanations ("top" / "bottom" always name the row,
-# "left" / "right" the column; a missing word means the middle).
-POSITIONS = (
-    "top left", "top", "top right",
-    "left", "center", "right",
-    "bottom left", "bottom", "bottom right",
-)
+# Row-major cell index -> name used in instructions and explanations: always a row word then a column word, so
+# every position is two tokens and each word names one image axis (the row the h axis of M-RoPE, the column w).
+POSITIONS = tuple(f"{row} {col}" for row in ("top", "middle", "bottom") for col in ("left", "center", "right"))
 DIRECTIONS: dict[str, tuple[int, int]] = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
 
 Obj = tuple[str, str]  # (colour, shape)

@@ -45,7 +45,11 @@ SCORES = {
 _VERDICTS = {"correct": "correct", "over_edit": "overdone", "artefact": "noisy", "wrong_object": "wrong object",
              "no_change": "unchanged"}  # wrong_attribute: "wrong <detail>"
 _WRONG_DETAILS = ("colour", "shape", "place", "direction", "action")
-_DIRECTION_PHRASES = {"left": "to the left", "right": "to the right", "up": "up", "down": "down"}
+# Every instruction is INSTRUCTION_TOKENS words long. Under M-RoPE the edited image's positions start right after
+# the instruction, so a fixed length puts a cell of the source and the same cell of the edit at one fixed rotary
+# distance: matching them (what "move" and "which attribute changed" need) is then one pattern to learn, not one
+# per instruction length.
+INSTRUCTION_TOKENS = 8
 _HELDOUT_PER_OPERATION = 5  # 20 of the 128 (operation, colour, shape) subjects: about 1/6
 
 
@@ -70,10 +74,10 @@ def vocabulary() -> list[str]:
     Text is lower case with punctuation as separate tokens, so splitting on whitespace and punctuation recovers
     exactly these entries.
     """
-    words = {".", ",", ":", "make", "the", "remove", "add", "a", "an", "at", "move", "to",
-             "became", "added", "removed", "moved", "and", "noise", "nothing", "changed", "now", "empty",
-             *_WRONG_DETAILS, *COLOURS, *SHAPES, *DIRECTIONS}
-    for phrase in (*POSITIONS, *_VERDICTS.values(), *_DIRECTION_PHRASES.values()):
+    words = {".", ",", ":", "change", "into", "one", "the", "remove", "keep", "rest", "add", "a", "an", "at",
+             "move", "by", "cell", "became", "added", "removed", "moved", "and", "noise", "nothing", "changed",
+             "now", "empty", *_WRONG_DETAILS, *COLOURS, *SHAPES, *DIRECTIONS}
+    for phrase in (*POSITIONS, *_VERDICTS.values()):
         words.update(phrase.split())
     return sorted(words)
 
@@ -126,6 +130,10 @@ def _move(edit: _Edit, cell: int, direction: str) -> None:
     edit.applied.append(("move", obj))
 
 
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
 def _free_moves(scene: Scene, cell: int) -> list[str]:
     """Directions in which the object at `cell` can move one step into an empty cell."""
     return [d for d in DIRECTIONS if (n := neighbour(cell, d)) is not None and n not in scene]
@@ -162,13 +170,12 @@ class _Task:
     def instruction(self) -> str:
         colour, shape = self.subject
         if self.op == "recolour":
-            return f"make the {colour} {shape} {self.target}"
+            return f"change the {colour} {shape} into {_article(self.target)} {self.target} one"
         if self.op == "remove":
-            return f"remove the {colour} {shape}"
+            return f"remove the {colour} {shape} and keep the rest"
         if self.op == "add":
-            article = "an" if colour[0] in "aeiou" else "a"
-            return f"add {article} {colour} {shape} at the {POSITIONS[self.cell]}"
-        return f"move the {colour} {shape} {_DIRECTION_PHRASES[self.direction]}"
+            return f"add {_article(colour)} {colour} {shape} at the {POSITIONS[self.cell]}"
+        return f"move the {colour} {shape} by one cell {self.direction}"
 
     def _apply_correct(self, edit: _Edit) -> None:
         if self.op == "recolour":
