@@ -19,10 +19,10 @@ from .sequence import SequenceLayout, TokenIds
 from .vision import VisionSpec
 
 HEAD_FILE = "reward_head.safetensors"
+JRM_FILE = "jrm.json"
 # Backbones whose image features enter only through the input embeddings, so they may be computed once per unique
 # image and scattered; Qwen3-VL also adds them inside the decoder (deepstack) and takes every image slot's pixels.
 SHARED_IMAGE_MODEL_TYPES = ("qwen2_5_vl", "qwen2_vl")
-JRM_FILE = "jrm.json"
 
 
 class RewardHead(nn.Module):

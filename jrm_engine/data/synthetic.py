@@ -17,7 +17,8 @@ at the `<reward>` position: the LM loss on it trains exactly the state the rewar
 by what changed and an inventory of the edited image (listing objects made perception learnable in a probe).
 
 Items are generated lazily and deterministically from (seed, split, index). The held-out split uses only the
-(operation, colour, shape) instruction subjects in `heldout_combos()`; the train split never uses them.
+(operation, colour, shape) instruction subjects in `heldout_combos()`; the train split never applies one of those
+operations to its object, in any candidate.
 """
 from __future__ import annotations
 
