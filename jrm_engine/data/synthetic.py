@@ -313,9 +313,8 @@ class SyntheticEditDataset(Sequence):
         self.image_size = image_size
         held = heldout_combos()
         # In training, a held-out (operation, colour, shape) is never applied in any role, not even by a flawed
-        # candidate: were it applied only by wrong-object or over-edits, training would teach "applying this
-        # operation to this object is always a mistake", and the held-out pairs, where it is the instruction's
-        # subject, would be ranked backwards (correct vs wrong object fell to 0.38 that way).
+        # candidate: were it applied only by wrong-object and over-edits, training would teach "applying this
+        # operation to this object is always a mistake", the opposite of what the held-out pairs ask.
         self._forbidden = held if split == "train" else frozenset()
         self._subjects = {
             op: [(c, s) for c in COLOURS for s in SHAPES if ((op, c, s) in held) == (split == "heldout")]
