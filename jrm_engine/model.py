@@ -25,6 +25,13 @@ JRM_FILE = "jrm.json"
 SHARED_IMAGE_MODEL_TYPES = ("qwen2_5_vl", "qwen2_vl")
 
 
+def repeat_shared_images(pixel_values: torch.Tensor, image_grid_thw: torch.Tensor, image_index: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patches and grids of unique images (all one size, as the collator makes them) -> one copy per image slot."""
+    patches = pixel_values.unflatten(0, (len(image_grid_thw), -1))  # [U, P, D]
+    return patches[image_index].flatten(0, 1), image_grid_thw[image_index]
+
+
 class RewardHead(nn.Module):
     """Linear or 2-layer MLP; `outputs` is 1 (Bradley-Terry) or 2 (mu, log sigma for the uncertainty loss)."""
 
@@ -69,6 +76,7 @@ class RewardModel(nn.Module):
             eos=tokenizer.eos_token_id, pad=tokenizer.pad_token_id if tokenizer.pad_token_id is not None
             else tokenizer.eos_token_id)
         self.layout = SequenceLayout(tokenizer, self.token_ids, spec.num_tokens, config.model.max_length)
+        self.shares_images = bc.model_type in SHARED_IMAGE_MODEL_TYPES
         hidden = bc.text_config.hidden_size
         outputs = 2 if config.loss.rank_loss == "bt_uncertainty" else 1
         self.head = RewardHead(hidden, config.model.reward_head, outputs)
@@ -87,16 +95,15 @@ class RewardModel(nn.Module):
         """image_index [n_slots], optional: the sequences' image slots (in order) name rows of `pixel_values` /
         `image_grid_thw`, so an image several sequences share (a pair's source) is encoded once."""
         inner, types = self.backbone.model, self.token_types(input_ids)
-        if image_index is not None and self.backbone.config.model_type not in SHARED_IMAGE_MODEL_TYPES:
-            patches = pixel_values.unflatten(0, (len(image_grid_thw), -1))  # equal image sizes: [U, P, D]
-            pixel_values, image_grid_thw = patches[image_index].flatten(0, 1), image_grid_thw[image_index]
+        if image_index is not None and not self.shares_images:
+            pixel_values, image_grid_thw = repeat_shared_images(pixel_values, image_grid_thw, image_index)
             image_index = None
         if image_index is None:
             out = inner(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
                         image_grid_thw=image_grid_thw, mm_token_type_ids=types, use_cache=False)
         else:
-            features = inner.get_image_features(pixel_values, image_grid_thw).pooler_output  # per unique image
-            slots = torch.cat([features[i] for i in image_index.tolist()])  # [image tokens, H], in sequence order
+            features = torch.stack(inner.get_image_features(pixel_values, image_grid_thw).pooler_output)  # [U, N, H]
+            slots = features[image_index].flatten(0, 1)  # [image tokens, H], in sequence order
             embeds = inner.get_input_embeddings()(input_ids)
             embeds = embeds.masked_scatter((input_ids == self.token_ids.image)[..., None], slots.to(embeds.dtype))
             out = inner(input_ids=input_ids, inputs_embeds=embeds, attention_mask=attention_mask,

@@ -9,7 +9,7 @@ from jrm_engine.backbone import load_backbone
 from jrm_engine.data import Candidate, PreferencePair
 from jrm_engine.data.collate import PairCollator
 from jrm_engine.losses import joint_loss
-from jrm_engine.model import RewardModel
+from jrm_engine.model import RewardModel, repeat_shared_images
 from jrm_engine.sequence import IGNORE_INDEX
 
 
@@ -50,9 +50,8 @@ def test_shared_source_image_gives_the_unshared_loss_and_gradients(model):
     copy, the joint loss and every gradient (the vision tower's included) are unchanged."""
     batch = PairCollator(model.layout, model.spec)(random_pairs(3, model.spec.image_size, seed=2))
     assert len(batch.image_grid_thw) == 3 * 3 and len(batch.image_index) == 2 * 6  # 3 images a pair, 4 slots
-    per_image = batch.pixel_values.unflatten(0, (len(batch.image_grid_thw), -1))
-    unshared = dict(batch.model_inputs(), pixel_values=per_image[batch.image_index].flatten(0, 1),
-                    image_grid_thw=batch.image_grid_thw[batch.image_index], image_index=None)
+    pixels, grid = repeat_shared_images(batch.pixel_values, batch.image_grid_thw, batch.image_index)
+    unshared = dict(batch.model_inputs(), pixel_values=pixels, image_grid_thw=grid, image_index=None)
     results = []
     for inputs in (batch.model_inputs(), unshared):
         model.zero_grad()
