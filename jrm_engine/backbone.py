@@ -14,6 +14,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerFast
 from .config import TinyBackboneConfig
 from .vision import VisionSpec
 from .vision_attention import batch_vision_attention
+from .vision_patch_embed import linear_patch_embed
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "[UNK]"]
 
@@ -44,6 +45,7 @@ def load_backbone(folder: str | Path, *, dtype: torch.dtype = torch.float32, att
         folder, dtype=dtype, attn_implementation=attn_implementation)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     batch_vision_attention(model)  # same attention, one call instead of one per image window
+    linear_patch_embed(model)  # same map, one GEMM instead of a Conv3d
     return model, tokenizer
 
 
