@@ -174,6 +174,15 @@ def lm_loss_torch(hidden: torch.Tensor, lm_weight: torch.Tensor, lm_labels: torc
     return total / n_labelled
 
 
+def first_token_loss(features: torch.Tensor, lm_weight: torch.Tensor, first_labels: torch.Tensor) -> torch.Tensor:
+    """Mean CE of the first explanation token, predicted from the `<reward>` state (features [S, H]); 0 with zero
+    gradient when no sequence has an explanation. Only S rows of logits: plain torch on every device."""
+    logits = features @ lm_weight.t()  # [S, V]
+    logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    total = F.cross_entropy(logits, first_labels.long(), ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (first_labels != IGNORE_INDEX).sum().clamp(min=1)
+
+
 def _resolve_impl(impl: str, hidden: torch.Tensor) -> str:
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")

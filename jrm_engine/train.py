@@ -27,7 +27,7 @@ from .config import PRESETS, JRMConfig, load_config
 from .data.collate import Batch, PairCollator
 from .data.sources import build_datasets, vocabulary_for
 from .distributed import Dist
-from .losses import joint_loss
+from .losses import first_token_loss, joint_loss
 from .metrics import centred_effective_rank, effective_rank, pairwise_accuracy, wilson_interval
 from .model import RewardModel
 from .plots import plot_training
@@ -130,7 +130,8 @@ def compute_loss(model: RewardModel, batch: Batch, cfg: JRMConfig, impl: str):
                         batch.chosen, batch.rejected, alpha=cfg.loss.alpha, rank_loss=cfg.loss.rank_loss,
                         margin=cfg.loss.margin, impl=impl, tie_a=batch.tie_a, tie_b=batch.tie_b,
                         num_labelled=batch.num_labelled)
-    return result, out
+    first = first_token_loss(out.features, model.lm_weight, batch.first_labels())
+    return result, first, out
 
 
 class JointObjective(nn.Module):
@@ -158,7 +159,8 @@ def evaluate(objective: nn.Module, pairs, collate: PairCollator, cfg: JRMConfig,
     across ranks like a training micro-batch and the sums gathered, so the figures equal one process's."""
     objective.eval()
     correct = total = 0
-    sums = []  # per batch: rank-loss sum, its terms, LM-loss sum, labelled tokens (this rank's share)
+    sums = []  # per batch: rank-loss sum, its terms, LM-loss sum, labelled tokens, first-token-loss sum, its
+    # sequences (this rank's share)
     features = []
     for start in range(0, len(pairs), batch_pairs):
         rows = list(range(start, min(len(pairs), start + batch_pairs)))
@@ -167,25 +169,27 @@ def evaluate(objective: nn.Module, pairs, collate: PairCollator, cfg: JRMConfig,
         # scores the batch's first pair and drops the result.
         batch = collate([pairs[i] for i in (mine or rows[:1])]).to(device)
         with autocast(device, cfg):
-            result, out = objective(batch)
+            result, first, out = objective(batch)
         if not mine:
-            sums.append([0.0, 0, 0.0, 0])
+            sums.append([0.0, 0, 0.0, 0, 0.0, 0])
             continue
         if len(batch.chosen):
             correct += int(pairwise_accuracy(out.rewards.float(), batch.chosen, batch.rejected).item()
                            * len(batch.chosen) + 0.5)
             total += len(batch.chosen)
         sums.append([float(result.rank_loss) * rank_terms(batch), rank_terms(batch),
-                     float(result.lm_loss) * batch.num_labelled, batch.num_labelled])
+                     float(result.lm_loss) * batch.num_labelled, batch.num_labelled,
+                     float(first) * batch.num_explained, batch.num_explained])
         if keep_features:
             features.append(out.features.float().cpu())
     objective.train()
     reduced = dist.all_reduce_sum([x for row in sums for x in row] + [correct, total])
-    per_batch = [reduced[i:i + 4] for i in range(0, 4 * len(sums), 4)]
+    per_batch = [reduced[i:i + 6] for i in range(0, 6 * len(sums), 6)]
     correct, total = int(reduced[-2]), int(reduced[-1])
     metrics = {"accuracy": correct / max(1, total), "pairs": total,
                "rank_loss": sum(r[0] / max(r[1], 1) for r in per_batch) / len(per_batch),
-               "lm_loss": sum(r[2] / max(r[3], 1) for r in per_batch) / len(per_batch)}
+               "lm_loss": sum(r[2] / max(r[3], 1) for r in per_batch) / len(per_batch),
+               "first_token_loss": sum(r[4] / max(r[5], 1) for r in per_batch) / len(per_batch)}
     if keep_features:
         gathered = dist.all_gather_object(torch.cat(features) if features else None)
         every = torch.cat([f for f in gathered if f is not None])
@@ -282,28 +286,32 @@ def _train(cfg: JRMConfig, dist: Dist, device: torch.device, resume: bool, quiet
     bar = tqdm(range(start, tc.max_steps), initial=start, total=tc.max_steps, desc="train",
                disable=quiet or not main_rank, dynamic_ncols=True)
     for step in bar:
-        sums = [0.0, 0.0, 0.0, 0.0]  # this rank's share of the step's loss, rank loss, LM loss, accuracy
+        sums = [0.0] * 5  # this rank's share of the step's loss, rank loss, LM loss, first-token loss, accuracy
         for micro in range(tc.grad_accum):
             batch = collate([train_set[i] for i in sampler.indices(step, micro)]).to(device)
             # The micro-batch's counts over all ranks, so each rank's loss is its share of the one-process loss
             # (sums over global counts), not a per-rank mean.
-            n_rank, n_lm, n_chosen = dist.all_reduce_sum([rank_terms(batch), batch.num_labelled,
-                                                          len(batch.chosen)])
+            n_rank, n_lm, n_first, n_chosen = dist.all_reduce_sum([rank_terms(batch), batch.num_labelled,
+                                                                   batch.num_explained, len(batch.chosen)])
             with distributed.set_gradient_sync(wrapped, mode, sync=micro == tc.grad_accum - 1):
                 with autocast(device, cfg):
-                    result, out_ = wrapped(batch)
+                    result, first, out_ = wrapped(batch)
                 rank_part = result.rank_loss * (rank_terms(batch) / max(n_rank, 1))
                 lm_part = result.lm_loss.to(rank_part.dtype) * (batch.num_labelled / max(n_lm, 1))
-                loss = (1.0 - cfg.loss.alpha) * rank_part + cfg.loss.alpha * lm_part
+                first_part = first.to(rank_part.dtype) * (batch.num_explained / max(n_first, 1))
+                loss = (1.0 - cfg.loss.alpha) * rank_part \
+                    + cfg.loss.alpha * (lm_part + cfg.loss.first_token_weight * first_part)
                 # DDP and FSDP2 average gradients over ranks; scaled by the world size, the average is the sum.
                 (loss * dist.world_size / tc.grad_accum).backward()
             sums[0] += float(loss.detach()) / tc.grad_accum
             sums[1] += float(rank_part.detach()) / tc.grad_accum
             sums[2] += float(lm_part.detach()) / tc.grad_accum
+            sums[3] += float(first_part.detach()) / tc.grad_accum
             if len(batch.chosen):
-                sums[3] += float(pairwise_accuracy(out_.rewards.detach().float(), batch.chosen, batch.rejected)) \
+                sums[4] += float(pairwise_accuracy(out_.rewards.detach().float(), batch.chosen, batch.rejected)) \
                     * len(batch.chosen) / n_chosen / tc.grad_accum
-        stats = dict(zip(("loss", "rank_loss", "lm_loss", "accuracy"), dist.all_reduce_sum(sums)))
+        names = ("loss", "rank_loss", "lm_loss", "first_token_loss", "accuracy")
+        stats = dict(zip(names, dist.all_reduce_sum(sums)))
         grad_norm = distributed.clip_grad_norm(wrapped.parameters(), tc.grad_clip)
         optimizer.step()
         scheduler.step()

@@ -8,7 +8,7 @@ from helpers import random_pairs, tiny_reward_model
 from jrm_engine.backbone import load_backbone
 from jrm_engine.data import Candidate, PreferencePair
 from jrm_engine.data.collate import PairCollator
-from jrm_engine.losses import joint_loss
+from jrm_engine.losses import first_token_loss, joint_loss
 from jrm_engine.model import RewardModel, repeat_shared_images
 from jrm_engine.sequence import IGNORE_INDEX
 
@@ -66,6 +66,28 @@ def test_shared_source_image_gives_the_unshared_loss_and_gradients(model):
     for name in grads:
         torch.testing.assert_close(shared_grads[name], grads[name], atol=1e-6, rtol=1e-4, msg=name)
     model.zero_grad()
+
+
+def test_first_token_loss_is_the_lm_loss_at_the_reward_token(model):
+    """The first-token term reads the reward head's own state: its CE equals the LM loss of the full hidden states
+    restricted to the <reward> rows, whose labels are the explanations' first words; a sequence without an
+    explanation adds nothing."""
+    pairs = random_pairs(3, model.spec.image_size, seed=3)
+    pairs[1] = PreferencePair(pairs[1].id, pairs[1].source, pairs[1].instruction, Candidate(pairs[1].a.image),
+                              pairs[1].b, pairs[1].preference)
+    batch = PairCollator(model.layout, model.spec)(pairs)
+    with torch.no_grad():
+        out = model(**batch.model_inputs())
+    first = batch.first_labels()
+    assert batch.num_explained == 5 == int((first != IGNORE_INDEX).sum())
+    words = [model.tokenizer.decode([int(t)]) for t in first if t != IGNORE_INDEX]
+    expected = [c.explanation.split()[0] for p in pairs for c in (p.a, p.b) if c.explanation]
+    assert sorted(words) == sorted(expected)
+    rows = torch.full_like(batch.lm_labels, IGNORE_INDEX)
+    rows[torch.arange(len(rows)), batch.reward_pos] = first
+    want = joint_loss(out.hidden.flatten(0, 1), model.lm_weight, rows.flatten(), out.rewards, batch.chosen,
+                      batch.rejected, impl="torch").lm_loss
+    torch.testing.assert_close(first_token_loss(out.features, model.lm_weight, first), want)
 
 
 def test_save_and_load_roundtrip(model, tmp_path):

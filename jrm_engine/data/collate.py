@@ -25,9 +25,14 @@ class Batch:
     tie_a: torch.Tensor  # [P_tie]
     tie_b: torch.Tensor  # [P_tie]
     num_labelled: int  # rows with an LM label, counted on the host so the fused loss needs no device sync
+    num_explained: int  # sequences with an explanation, i.e. with a label at <reward> (counted on the host too)
 
     def to(self, device) -> "Batch":
         return Batch(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in self.__dict__.items()})
+
+    def first_labels(self) -> torch.Tensor:
+        """[S] the first explanation token of each sequence, the one predicted at <reward> (-100: none)."""
+        return self.lm_labels.gather(1, self.reward_pos[:, None])[:, 0]
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         return dict(input_ids=self.input_ids, attention_mask=self.attention_mask, pixel_values=self.pixel_values,
@@ -65,7 +70,8 @@ class PairCollator:
         patches = pixels_to_patches(pixels, self.spec).reshape(-1, self.spec.patch_dim)
         grid = torch.tensor([[1, self.spec.grid, self.spec.grid]] * len(images), dtype=torch.long)
         as_idx = lambda xs: torch.tensor(xs, dtype=torch.long)
+        explained = sum(e.lm_labels[e.reward_pos] != IGNORE_INDEX for e in encoded)
         return Batch(input_ids, attention_mask, patches, grid, as_idx(image_index),
                      as_idx([e.reward_pos for e in encoded]), lm_labels,
                      as_idx(chosen), as_idx(rejected), as_idx(tie_a), as_idx(tie_b),
-                     int((lm_labels != IGNORE_INDEX).sum()))
+                     int((lm_labels != IGNORE_INDEX).sum()), explained)
