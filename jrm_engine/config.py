@@ -122,9 +122,7 @@ class JRMConfig:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The embedded default: trains on 2 CPU cores in about 10 minutes.
-    # Its explanations open with the verdict, which the reward must encode; weighting that token learnt
-    # "correct vs over-edit" 0.93 against 0.72 (benchmarks/NOTES-cpu-training.md).
-    "tiny": {"loss": {"first_token_weight": 1.0}},
+    "tiny": {},
     # A few steps, tiny everything: for tests and smoke runs.
     "smoke": {
         "model": {"tiny": {"text_hidden": 64, "text_layers": 2, "text_heads": 4, "text_kv_heads": 2,
