@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 # different batch split (padding, GEMM shapes) becomes an update of up to lr, and the drift scales with lr. With
 # the synthetic explanations of 2026-12 one element of 8,192 drifted by 1.4e-5 in 4 steps at lr 1e-3, 1.2e-5 at
 # 5e-4 with grad_accum 2, and 6e-6 at 2.5e-4. The losses agree to ~1e-7 either way.
-# The first-token term is on, as in the embedded default, so its normalisation over ranks is checked too.
+# The first-token term is on (an option users may set; every preset has it off), so its normalisation over ranks is
+# checked too.
 COMMON = ["--preset", "smoke", "--quiet", "--set", "train.batch_pairs=4", "--set", "train.lr=2.5e-4",
           "--set", "train.num_threads=1", "--set", "loss.first_token_weight=1"]
 
