@@ -299,8 +299,9 @@ def _train(cfg: JRMConfig, dist: Dist, device: torch.device, resume: bool, quiet
                 rank_part = result.rank_loss * (rank_terms(batch) / max(n_rank, 1))
                 lm_part = result.lm_loss.to(rank_part.dtype) * (batch.num_labelled / max(n_lm, 1))
                 first_part = first.to(rank_part.dtype) * (batch.num_explained / max(n_first, 1))
-                loss = (1.0 - cfg.loss.alpha) * rank_part \
-                    + cfg.loss.alpha * (lm_part + cfg.loss.first_token_weight * first_part)
+                w = cfg.loss.first_token_weight  # at 0 (every preset) the term stays out of the backward graph
+                lm_term = lm_part + w * first_part if w else lm_part
+                loss = (1.0 - cfg.loss.alpha) * rank_part + cfg.loss.alpha * lm_term
                 # DDP and FSDP2 average gradients over ranks; scaled by the world size, the average is the sum.
                 (loss * dist.world_size / tc.grad_accum).backward()
             sums[0] += float(loss.detach()) / tc.grad_accum
