@@ -96,7 +96,7 @@ def test_group(benchmark, setup, engines, path):
     _, graph, _ = setup
     source, edited, text_ids, lengths = example_inputs(graph, GROUP, TEXT_LEN, seed=7)
     benchmark.group = f"group of {GROUP}"
-    if path in ("graph_group", "aoti_group"):  # prefix (source + instruction) once, then G candidates against it
+    if path in ("graph_group", "aoti_group"):  # prefix (the source) once, then G candidates against it
         fn = GroupScorer(graph) if path == "graph_group" else engines[path]
         args = (source[:1], text_ids[:1], lengths[:1], edited)
     else:

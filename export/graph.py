@@ -7,11 +7,11 @@ the instruction length, so the graph computes them arithmetically from `text_len
 
 Static layout (T = 2N + 5 + L tokens, N image tokens per image, L the text bucket):
 
-    [vs][source N][ve][instruction, right-padded to L][vs][edited N][ve][<reward>]
+    [vs][source N][ve][vs][edited N][ve][instruction, right-padded to L][<reward>]
 
-Padded instruction slots are removed from attention with a key-padding mask and the positions after them are
-shifted back by the padding, so every real token sees exactly what it sees in the unpadded sequence; the edited
-image and `<reward>` sit at fixed indices whatever the instruction length.
+Padded instruction slots are removed from attention with a key-padding mask and `<reward>`'s position is the
+instruction's length past the text start, so every real token sees exactly what it sees in the unpadded sequence;
+both images and `<reward>` sit at fixed indices whatever the instruction length.
 
 Inputs (the contract in docs/CONTRIBUTING.md): source_pixels, edited_pixels uint8 [B, S, S, 3]; text_ids int64 [B, L]
 right-padded with 0; text_lengths int64 [B] (>= 1). Output: rewards float32 [B], plus log_sigma float32 [B] when
@@ -145,11 +145,11 @@ class VisionEncoder(nn.Module):
 # ---- positions ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LayoutPositions:
-    """Host-side position tables for the static layout; positions after the instruction are `after + n`."""
+    """Host-side position tables for the static layout."""
 
-    prefix: torch.Tensor  # [3, N + 2]: [vs][source][ve]
-    text_start: int  # the instruction's j-th token has position text_start + j on all three axes
-    after: torch.Tensor  # [3, N + 3]: [vs][edited][ve][<reward>] for an empty instruction
+    images: torch.Tensor  # [3, 2N + 4]: [vs][source][ve][vs][edited][ve]
+    text_start: int  # the instruction's j-th token has position text_start + j on all three axes; <reward>'s is
+    # text_start + the instruction's length
 
     @classmethod
     def build(cls, spec: VisionSpec, mode: str) -> "LayoutPositions":
@@ -157,10 +157,7 @@ class LayoutPositions:
             raise ValueError(f"positions must be one of {POSITION_MODES}, got {mode!r}")
         n_img = spec.num_tokens
         if mode == "sequential":
-            prefix = torch.arange(n_img + 2).expand(3, -1)
-            text_start = n_img + 2
-            after = (text_start + torch.arange(n_img + 3)).expand(3, -1)
-            return cls(prefix.clone(), text_start, after.clone())
+            return cls(torch.arange(2 * n_img + 4).expand(3, -1).clone(), 2 * n_img + 4)
         gm = spec.grid // spec.merge_size  # merged tokens per side
 
         def image_block(start: int) -> torch.Tensor:  # Qwen get_rope_index for one image starting at `start`
@@ -169,11 +166,11 @@ class LayoutPositions:
             return torch.stack([t, start + rows.reshape(-1), start + cols.reshape(-1)])
 
         col = lambda v: torch.full((3, 1), v)
-        prefix = torch.cat([col(0), image_block(1), col(1 + gm)], dim=1)
-        text_start = 2 + gm
-        after = torch.cat([col(text_start), image_block(text_start + 1), col(text_start + 1 + gm),
-                           col(text_start + 2 + gm)], dim=1)
-        return cls(prefix, text_start, after)
+        # An image block advances the next position by gm (its largest row / column offset + 1), not by N.
+        edited = 2 + gm
+        images = torch.cat([col(0), image_block(1), col(1 + gm), col(edited), image_block(edited + 1),
+                            col(edited + 1 + gm)], dim=1)
+        return cls(images, edited + 2 + gm)
 
 
 class TextRotary(nn.Module):
@@ -259,8 +256,7 @@ class ScoringGraph(nn.Module):
         ids = model.token_ids
         self.register_buffer("special_ids", torch.tensor([ids.vision_start, ids.vision_end, ids.reward]),
                              persistent=False)
-        self.register_buffer("prefix_positions", self.layout.prefix.clone(), persistent=False)
-        self.register_buffer("after_positions", self.layout.after.clone(), persistent=False)
+        self.register_buffer("image_positions", self.layout.images.clone(), persistent=False)
         self.image_tokens = model.spec.num_tokens
         self.head_outputs = model.head.outputs
         self.vocab_size = inner.language_model.embed_tokens.num_embeddings
@@ -268,38 +264,39 @@ class ScoringGraph(nn.Module):
         # The host-computed tables above are built on the CPU; keep them beside the checkpoint's weights.
         self.to(inner.language_model.embed_tokens.weight.device)
 
-    # -- pieces shared with group scoring --
+    # -- pieces shared with group scoring: the prefix [vs][source][ve], the candidate [vs][edited][ve] text <reward> --
     def special_embeddings(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         e = self.decoder.lm.embed_tokens(self.special_ids)  # [3, H]
         return e[0:1], e[1:2], e[2:3]
 
-    def prefix_embeddings(self, source_tokens: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
+    def prefix_embeddings(self, source_tokens: torch.Tensor) -> torch.Tensor:
         vs, ve, _ = self.special_embeddings()
-        b = text_ids.shape[0]
-        text = self.decoder.lm.embed_tokens(text_ids)
-        expand = lambda e: e[None].expand(b, -1, -1)
-        return torch.cat([expand(vs), source_tokens.to(text.dtype), expand(ve), text], dim=1)
+        expand = lambda e: e[None].expand(source_tokens.shape[0], -1, -1)
+        return torch.cat([expand(vs), source_tokens.to(vs.dtype), expand(ve)], dim=1)
 
-    def candidate_embeddings(self, edited_tokens: torch.Tensor) -> torch.Tensor:
+    def candidate_embeddings(self, edited_tokens: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
         vs, ve, reward = self.special_embeddings()
-        b = edited_tokens.shape[0]
-        expand = lambda e: e[None].expand(b, -1, -1)
-        return torch.cat([expand(vs), edited_tokens.to(vs.dtype), expand(ve), expand(reward)], dim=1)
+        text = self.decoder.lm.embed_tokens(text_ids)
+        expand = lambda e: e[None].expand(text.shape[0], -1, -1)
+        return torch.cat([expand(vs), edited_tokens.to(text.dtype), expand(ve), text, expand(reward)], dim=1)
 
-    def prefix_position_ids(self, batch: int, text_len: int) -> torch.Tensor:
-        text = self.layout.text_start + torch.arange(text_len, device=self.prefix_positions.device)
-        return torch.cat([self.prefix_positions[:, None].expand(3, batch, -1),
-                          text.expand(3, batch, -1)], dim=2)  # [3, B, N + 2 + L]
+    def prefix_position_ids(self, batch: int) -> torch.Tensor:
+        return self.image_positions[:, None, : self.image_tokens + 2].expand(3, batch, -1)  # [3, B, N + 2]
 
-    def candidate_position_ids(self, text_lengths: torch.Tensor) -> torch.Tensor:
-        return self.after_positions[:, None, :] + text_lengths[None, :, None]  # [3, B, N + 3]
+    def candidate_position_ids(self, text_lengths: torch.Tensor, text_len: int) -> torch.Tensor:
+        """[3, B, N + 3 + L]; padded slots get positions too, but no token attends to them."""
+        b, start = text_lengths.shape[0], self.layout.text_start
+        edited = self.image_positions[:, None, self.image_tokens + 2:].expand(3, b, -1)
+        text = start + torch.arange(text_len, device=text_lengths.device)
+        reward = start + text_lengths
+        return torch.cat([edited, text.expand(3, b, -1), reward[None, :, None].expand(3, b, 1)], dim=2)
 
-    def prefix_key_valid(self, text_lengths: torch.Tensor, text_len: int) -> torch.Tensor:
-        """bool [B, N + 2 + L]: False on padded instruction slots."""
-        b = text_lengths.shape[0]
-        slots = torch.arange(text_len, device=text_lengths.device)
-        head = torch.ones(b, self.image_tokens + 2, dtype=torch.bool, device=text_lengths.device)
-        return torch.cat([head, slots[None, :] < text_lengths[:, None]], dim=1)
+    def candidate_key_valid(self, text_lengths: torch.Tensor, text_len: int) -> torch.Tensor:
+        """bool [B, N + 3 + L]: False on padded instruction slots."""
+        b, device = text_lengths.shape[0], text_lengths.device
+        ones = lambda n: torch.ones(b, n, dtype=torch.bool, device=device)
+        slots = torch.arange(text_len, device=device)
+        return torch.cat([ones(self.image_tokens + 2), slots[None, :] < text_lengths[:, None], ones(1)], dim=1)
 
     def read_head(self, hidden: torch.Tensor):
         out = self.head(hidden[:, -1])  # <reward> is always the last token
@@ -313,11 +310,11 @@ class ScoringGraph(nn.Module):
         # Both images in one vision pass; stack/unbind (not cat/slice) keeps the batch one symbol for export.
         pixels = torch.stack([source_pixels, edited_pixels]).flatten(0, 1)
         source_tokens, edited_tokens = self.vision(pixels).unflatten(0, (2, b)).unbind(0)
-        h = torch.cat([self.prefix_embeddings(source_tokens, text_ids), self.candidate_embeddings(edited_tokens)], 1)
-        positions = torch.cat([self.prefix_position_ids(b, text_len), self.candidate_position_ids(text_lengths)], 2)
+        h = torch.cat([self.prefix_embeddings(source_tokens), self.candidate_embeddings(edited_tokens, text_ids)], 1)
+        positions = torch.cat([self.prefix_position_ids(b), self.candidate_position_ids(text_lengths, text_len)], 2)
         t = h.shape[1]
-        valid = torch.cat([self.prefix_key_valid(text_lengths, text_len),
-                           torch.ones(b, self.image_tokens + 3, dtype=torch.bool, device=h.device)], dim=1)
+        valid = torch.cat([torch.ones(b, self.image_tokens + 2, dtype=torch.bool, device=h.device),
+                           self.candidate_key_valid(text_lengths, text_len)], dim=1)
         idx = torch.arange(t, device=h.device)
         mask = (idx[:, None] >= idx[None, :])[None, None] & valid[:, None, None, :]  # [B, 1, T, T]
         hidden, _ = self.decoder(h, positions, mask)

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+TOKEN_LAYOUT = "source-edited-instruction"
+
 
 @dataclass
 class TinyBackboneConfig:
@@ -44,6 +46,9 @@ class ModelConfig:
     max_length: int = 256  # longest token sequence accepted (explanation included)
     gradient_checkpointing: bool = True  # used on CUDA only
     attn_implementation: str = "sdpa"
+    # The token order (jrm_engine/sequence.py), saved with every checkpoint: a checkpoint trained on another order
+    # would score with the wrong one, so loading refuses it. The only layout this version builds.
+    token_layout: str = TOKEN_LAYOUT
 
 
 @dataclass
@@ -165,7 +170,7 @@ def load_config(preset: str = "tiny", file: str | Path | None = None,
 
 # Allowed values and ranges, checked once the sources are merged, so that a bad field stops the command before it
 # writes anything (a step count of 0 would otherwise train nothing and save an untrained checkpoint).
-CHOICES = {"model.reward_head": ("linear", "mlp"), "data.source": ("synthetic", "editreward"),
+CHOICES = {"model.reward_head": ("linear", "mlp"), "model.token_layout": (TOKEN_LAYOUT,), "data.source": ("synthetic", "editreward"),
            "data.ties": ("drop", "tie_term"), "loss.rank_loss": ("bt", "bt_uncertainty"),
            "loss.impl": ("auto", "torch", "triton")}
 AT_LEAST_ONE = ("model.image_size", "model.max_length", "data.n_train", "data.n_heldout", "train.max_steps",

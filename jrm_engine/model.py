@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .backbone import load_backbone
-from .config import JRMConfig
+from .config import TOKEN_LAYOUT, JRMConfig
 from .sequence import SequenceLayout, TokenIds
 from .vision import VisionSpec
 
@@ -139,7 +139,13 @@ class RewardModel(nn.Module):
         folder = Path(folder)
         if not (folder / JRM_FILE).is_file():
             raise ValueError(f"{folder}: not a jrm_engine checkpoint (no {JRM_FILE})")
-        config = JRMConfig.from_dict(json.loads((folder / JRM_FILE).read_text()))
+        saved = json.loads((folder / JRM_FILE).read_text())
+        layout = saved.get("model", {}).get("token_layout", "source-instruction-edited")  # older checkpoints
+        if layout != TOKEN_LAYOUT:
+            raise ValueError(f"{folder}: trained with the token layout {layout!r}; this version scores "
+                             f"{TOKEN_LAYOUT!r} (jrm_engine/sequence.py), so its rewards would be wrong. Retrain it, "
+                             f"or score it with the jrm_engine version that trained it")
+        config = JRMConfig.from_dict(saved)
         model = cls.from_backbone(folder / "backbone", config)
         model.head.load_state_dict(load_file(folder / HEAD_FILE))
         return model

@@ -49,7 +49,7 @@ def random_batch(model: RewardModel, lengths, seed=0):
 
 def hf_rewards(model: RewardModel, source, edited, texts, mrope=True) -> torch.Tensor:
     """RewardModel's forward on the training layout (unpadded sequences, HF preprocessing)."""
-    encoded = [model.layout.image_block() + t + model.layout.image_block() + [model.token_ids.reward] for t in texts]
+    encoded = [model.layout.prompt_ids(t) for t in texts]
     length = max(map(len, encoded))
     ids = torch.full((len(encoded), length), model.token_ids.pad)
     mask = torch.zeros_like(ids)

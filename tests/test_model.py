@@ -29,6 +29,9 @@ def test_layout_labels_start_at_reward_token(model):
     assert labels[enc.reward_pos:] == explanation + [model.token_ids.eos]
     assert ids[enc.reward_pos + 1:] == explanation
     assert ids.count(model.token_ids.image) == 2 * model.spec.num_tokens
+    # The instruction follows both images, right before <reward>
+    block = model.layout.image_block()
+    assert ids[: enc.reward_pos] == block + block + model.layout.text_ids("make the red circle blue")
 
 
 def test_reward_ignores_padding_and_explanation(model):
@@ -97,6 +100,23 @@ def test_save_and_load_roundtrip(model, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch.model_inputs()).rewards, model(**batch.model_inputs()).rewards)
     assert json.loads((tmp_path / "ckpt" / "jrm.json").read_text())["loss"]["alpha"] == 0.7
+
+
+@pytest.mark.parametrize("layout", [None, "source-instruction-edited"])
+def test_a_checkpoint_of_another_token_layout_is_refused(model, tmp_path, layout):
+    """A checkpoint from before the instruction moved after both images (no token_layout saved), or of any other
+    layout, would score with the wrong token order: loading names the layout instead."""
+    model.save_pretrained(tmp_path / "ckpt")
+    config_file = tmp_path / "ckpt" / "jrm.json"
+    saved = json.loads(config_file.read_text())
+    assert saved["model"]["token_layout"] == "source-edited-instruction"
+    if layout is None:
+        del saved["model"]["token_layout"]
+    else:
+        saved["model"]["token_layout"] = layout
+    config_file.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="token layout 'source-instruction-edited'"):
+        RewardModel.from_pretrained(tmp_path / "ckpt")
 
 
 def test_bad_records_name_the_record(model, tmp_path):
