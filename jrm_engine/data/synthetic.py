@@ -46,10 +46,10 @@ SCORES = {
 _VERDICTS = {"correct": "correct", "over_edit": "overdone", "artefact": "noisy", "wrong_object": "wrong object",
              "no_change": "unchanged"}  # wrong_attribute: "wrong <detail>"
 _WRONG_DETAILS = ("colour", "shape", "place", "direction", "action")
-# Every instruction is INSTRUCTION_TOKENS words long. Under M-RoPE the edited image's positions start right after
-# the instruction, so a fixed length puts a cell of the source and the same cell of the edit at one fixed rotary
-# distance: matching them (what "move" and "which attribute changed" need) is then one pattern to learn, not one
-# per instruction length.
+# Every instruction is INSTRUCTION_TOKENS words long. This was chosen when the instruction sat between the images,
+# where a fixed length put a cell of the source and the same cell of the edit at one fixed rotary distance (now the
+# images are adjacent, so the distance is fixed anyway). The fixed-length wording also trained the explanations
+# best (benchmarks/NOTES-cpu-training.md, run e2), and every measurement since used it, so it stays.
 INSTRUCTION_TOKENS = 8
 _HELDOUT_PER_OPERATION = 5  # 20 of the 128 (operation, colour, shape) subjects: about 1/6
 
