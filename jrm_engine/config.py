@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-TOKEN_LAYOUT = "source-edited-instruction"
+TOKEN_LAYOUT = "source-edited-instruction"  # [source image] [edited image] instruction <reward>: jrm_engine/sequence.py
 
 
 @dataclass
@@ -170,9 +170,9 @@ def load_config(preset: str = "tiny", file: str | Path | None = None,
 
 # Allowed values and ranges, checked once the sources are merged, so that a bad field stops the command before it
 # writes anything (a step count of 0 would otherwise train nothing and save an untrained checkpoint).
-CHOICES = {"model.reward_head": ("linear", "mlp"), "model.token_layout": (TOKEN_LAYOUT,), "data.source": ("synthetic", "editreward"),
-           "data.ties": ("drop", "tie_term"), "loss.rank_loss": ("bt", "bt_uncertainty"),
-           "loss.impl": ("auto", "torch", "triton")}
+CHOICES = {"model.reward_head": ("linear", "mlp"), "model.token_layout": (TOKEN_LAYOUT,),
+           "data.source": ("synthetic", "editreward"), "data.ties": ("drop", "tie_term"),
+           "loss.rank_loss": ("bt", "bt_uncertainty"), "loss.impl": ("auto", "torch", "triton")}
 AT_LEAST_ONE = ("model.image_size", "model.max_length", "data.n_train", "data.n_heldout", "train.max_steps",
                 "train.batch_pairs", "train.grad_accum", "train.eval_every", "train.save_every", "train.num_threads")
 POSITIVE = ("train.lr", "train.head_lr", "train.grad_clip")

@@ -1,9 +1,9 @@
-"""Token layout of one candidate: `[vs][source image][ve] [vs][edited image][ve] instruction <reward> explanation <eos>`.
+"""Token layout of one candidate: `[vs][source][ve] [vs][edited][ve] instruction <reward> explanation <eos>`.
 
 The instruction follows both images, so under causal attention its tokens see the source and the edit: checking
-the edit against the instruction has one place where all three are visible, right before `<reward>` (on the
-embedded default this layout reached 0.83 held-out against 0.64-0.79 for instruction-between-images, see
-benchmarks/NOTES-cpu-training.md). G candidates for one source share the prefix `[vs][source image][ve]` (group
+the edit against the instruction has one place where all three are visible, right before `<reward>`. On the
+embedded default this order learnt more than the instruction between or before the images
+(benchmarks/NOTES-cpu-training.md). G candidates for one source share the prefix `[vs][source][ve]` (group
 scoring). The explanation comes after `<reward>` so that the reward token's state never sees it: training and
 scoring compute the same reward. The instruction is tokenised on its own, so the ids a scorer builds equal the
 ids the trainer built.
