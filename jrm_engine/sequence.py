@@ -2,10 +2,10 @@
 
 The instruction follows both images, so under causal attention its tokens see the source and the edit: checking
 the edit against the instruction has one place where all three are visible, right before `<reward>`. On the
-embedded default this order learnt more than the instruction between or before the images
-(benchmarks/NOTES-cpu-training.md). G candidates for one source share the prefix `[vs][source][ve]` (group
-scoring). The explanation comes after `<reward>` so that the reward token's state never sees it: training and
-scoring compute the same reward. The instruction is tokenised on its own, so the ids a scorer builds equal the
+embedded default's seed this order learnt more than the instruction between or before the images, and no less on
+another seed (benchmarks/NOTES-cpu-training.md). G candidates for one source share the prefix `[vs][source][ve]`
+(group scoring). The explanation comes after `<reward>` so that the reward token's state never sees it: training
+and scoring compute the same reward. The instruction is tokenised on its own, so the ids a scorer builds equal the
 ids the trainer built.
 """
 from __future__ import annotations
