@@ -102,8 +102,9 @@ def test_save_and_load_roundtrip(model, tmp_path):
     assert json.loads((tmp_path / "ckpt" / "jrm.json").read_text())["loss"]["alpha"] == 0.7
 
 
-@pytest.mark.parametrize("layout", [None, "source-instruction-edited"])
-def test_a_checkpoint_of_another_token_layout_is_refused(model, tmp_path, layout):
+@pytest.mark.parametrize("layout,named", [(None, "source-instruction-edited"),
+                                          ("instruction-source-edited", "instruction-source-edited")])
+def test_a_checkpoint_of_another_token_layout_is_refused(model, tmp_path, layout, named):
     """A checkpoint from before the instruction moved after both images (no token_layout saved), or of any other
     layout, would score with the wrong token order: loading names the layout instead."""
     model.save_pretrained(tmp_path / "ckpt")
@@ -115,7 +116,7 @@ def test_a_checkpoint_of_another_token_layout_is_refused(model, tmp_path, layout
     else:
         saved["model"]["token_layout"] = layout
     config_file.write_text(json.dumps(saved))
-    with pytest.raises(ValueError, match="token layout 'source-instruction-edited'"):
+    with pytest.raises(ValueError, match=f"token layout '{named}'"):
         RewardModel.from_pretrained(tmp_path / "ckpt")
 
 
