@@ -39,13 +39,11 @@ def setup(tmp_path_factory):
 
 def hf_eager(model):
     """RewardModel.forward on the same inputs (the layout with its own HF preprocessing)."""
-    spec, ids = model.spec, model.token_ids
+    spec = model.spec
 
     def run(source, edited, text_ids, lengths):
         b = text_ids.shape[0]
-        block = torch.tensor([ids.vision_start] + [ids.image] * spec.num_tokens + [ids.vision_end])
-        seq = torch.cat([block.expand(b, -1), text_ids.clamp(min=5), block.expand(b, -1),
-                         torch.full((b, 1), ids.reward)], dim=1)
+        seq = torch.tensor([model.layout.prompt_ids(row) for row in text_ids.clamp(min=5).tolist()])
         patches = pixels_to_patches(torch.stack([source, edited], 1).flatten(0, 1), spec).reshape(-1, spec.patch_dim)
         grid = torch.tensor([[1, spec.grid, spec.grid]] * (2 * b))
         return model(seq, torch.ones_like(seq), patches, grid, torch.full((b,), seq.shape[1] - 1)).rewards

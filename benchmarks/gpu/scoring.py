@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from jrm_engine.export import GroupScorer, ScoringGraph  # noqa: E402
 from jrm_engine.model import RewardHead  # noqa: E402
-from jrm_engine.sequence import TokenIds  # noqa: E402
+from jrm_engine.sequence import SequenceLayout, TokenIds  # noqa: E402
 from jrm_engine.vision import VisionSpec, pixels_to_patches  # noqa: E402
 
 # Qwen2.5-VL-3B shapes (config.json of the public checkpoint).
@@ -77,8 +77,10 @@ def build_model(shape: dict, device: str, dtype: torch.dtype):
     head = RewardHead(t["hidden_size"], "mlp", 1).to(device)  # fp32, as in RewardModel
     ids = TokenIds(image=IMAGE_TOKEN, vision_start=VISION_START, vision_end=VISION_END, reward=REWARD, eos=0, pad=0)
     spec = VisionSpec(image_size=shape["image_size"])
-    # The attributes ScoringGraph reads from a RewardModel; no tokenizer is needed for random token ids.
-    return SimpleNamespace(backbone=backbone, head=head, spec=spec, token_ids=ids)
+    # The attributes ScoringGraph and hf_forward read from a RewardModel. Random token ids need no tokenizer, and
+    # hf_forward uses only layout.prompt_ids, which takes ids and checks no length.
+    layout = SequenceLayout(tokenizer=None, ids=ids, image_tokens=spec.num_tokens, max_length=sys.maxsize)
+    return SimpleNamespace(backbone=backbone, head=head, spec=spec, token_ids=ids, layout=layout)
 
 
 def make_inputs(model, batch: int, text_len: int, seed: int, device: str):
@@ -92,11 +94,9 @@ def make_inputs(model, batch: int, text_len: int, seed: int, device: str):
 
 def hf_forward(model, source, edited, text_ids, lengths):
     """RewardModel.forward's computation: HF backbone (its own preprocessing path) + head at <reward>."""
-    b, n = text_ids.shape
+    b = text_ids.shape[0]
     spec, ids = model.spec, model.token_ids
-    block = torch.tensor([ids.vision_start] + [ids.image] * spec.num_tokens + [ids.vision_end], device=source.device)
-    seq = torch.cat([block.expand(b, -1), text_ids, block.expand(b, -1),
-                     torch.full((b, 1), ids.reward, device=source.device)], dim=1)
+    seq = torch.tensor([model.layout.prompt_ids(row) for row in text_ids.tolist()], device=source.device)
     images = torch.stack([source, edited], dim=1).flatten(0, 1)
     patches = pixels_to_patches(images, spec).reshape(-1, spec.patch_dim)
     grid = torch.tensor([[1, spec.grid, spec.grid]] * (2 * b), device=source.device)
