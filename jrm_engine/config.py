@@ -95,6 +95,10 @@ class TrainConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     bf16: bool = True  # bf16 autocast, on CUDA only
     num_threads: int | None = None  # torch CPU threads; None = torch's default
+    # DataLoader worker processes that build the next micro-batches while the current step runs; 0 = in the loop.
+    # Worth it where the step waits on a GPU or on image decoding; on 2 CPU cores a worker only takes a core from
+    # the step (benchmarks/NOTES-cpu-training.md).
+    data_workers: int = 0
     # Under torchrun: "ddp" | "fsdp" (FSDP2) | "auto" (ddp when the model fits one device, else fsdp) | "none"
     parallel: str = "auto"
 

@@ -26,6 +26,7 @@ from .cli import exit_status
 from .config import PRESETS, JRMConfig, load_config
 from .data.collate import Batch, PairCollator
 from .data.sources import build_datasets, vocabulary_for
+from .data.step_batches import step_batches
 from .distributed import Dist
 from .losses import first_token_loss, joint_loss
 from .metrics import centred_effective_rank, effective_rank, pairwise_accuracy, wilson_interval
@@ -285,10 +286,11 @@ def _train(cfg: JRMConfig, dist: Dist, device: torch.device, resume: bool, quiet
     t0 = time.perf_counter()
     bar = tqdm(range(start, tc.max_steps), initial=start, total=tc.max_steps, desc="train",
                disable=quiet or not main_rank, dynamic_ncols=True)
+    batches = step_batches(train_set, collate, sampler, start, tc.max_steps, tc.data_workers)
     for step in bar:
         sums = [0.0] * 5  # this rank's share of the step's loss, rank loss, LM loss, first-token loss, accuracy
         for micro in range(tc.grad_accum):
-            batch = collate([train_set[i] for i in sampler.indices(step, micro)]).to(device)
+            batch = next(batches).to(device)
             # The micro-batch's counts over all ranks, so each rank's loss is its share of the one-process loss
             # (sums over global counts), not a per-rank mean.
             n_rank, n_lm, n_first, n_chosen = dist.all_reduce_sum([rank_terms(batch), batch.num_labelled,

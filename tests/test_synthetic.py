@@ -63,7 +63,7 @@ def test_training_never_applies_a_heldout_operation_to_its_object():
     # Read back from the explanations, independently of the generator's bookkeeping.
     at = "at (?:" + "|".join(POSITIONS) + ")"
     events = {"recolour": rf"(\w+) (\w+) {at} became", "remove": rf"(\w+) (\w+) {at} removed",
-              "add": r"(\w+) (\w+) added at", "move": r"(\w+) (\w+) moved"}
+              "add": r"(\w+) (\w+) added at", "move": rf"(\w+) (\w+) {at} moved"}
     held = heldout_combos()
     ds = SyntheticEditDataset(1500, seed=4, tie_rate=0.2)
     applied = Counter()

@@ -127,7 +127,9 @@ def _add(edit: _Edit, cell: int, obj: Obj) -> None:
 def _move(edit: _Edit, cell: int, direction: str) -> None:
     obj = edit.scene.pop(cell)
     edit.scene[neighbour(cell, direction)] = obj
-    edit.events.append(f"{obj[0]} {obj[1]} moved {direction}")
+    # Naming the cell it left teaches where the object was in the source; the edited image's inventory says where
+    # it is now. Without it, "move" was learnt by one training seed of three (benchmarks/NOTES-cpu-training.md).
+    edit.events.append(f"{obj[0]} {obj[1]} at {POSITIONS[cell]} moved {direction}")
     edit.applied.append(("move", obj))
 
 
