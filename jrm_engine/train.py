@@ -327,7 +327,9 @@ def _train(cfg: JRMConfig, dist: Dist, device: torch.device, resume: bool, quiet
              "lr": scheduler.get_last_lr()[0], "elapsed_s": time.perf_counter() - t0})
         postfix = {"loss": f"{stats['loss']:.3f}", "lm": f"{stats['lm_loss']:.3f}", "acc": f"{acc_ema:.2f}"}
         if done % tc.eval_every == 0 or done == tc.max_steps:
-            last_eval = evaluate(eval_objective, heldout, collate, cfg, device, dist)
+            # The last step's evaluation is the final one too: it keeps the features for the effective rank.
+            last_eval = evaluate(eval_objective, heldout, collate, cfg, device, dist,
+                                 keep_features=done == tc.max_steps)
             log({"kind": "eval", "step": done, **last_eval, "elapsed_s": time.perf_counter() - t0})
             postfix["heldout"] = f"{last_eval['accuracy']:.3f}"
         bar.set_postfix(postfix)
@@ -336,7 +338,8 @@ def _train(cfg: JRMConfig, dist: Dist, device: torch.device, resume: bool, quiet
     if metrics_file is not None:
         metrics_file.close()
 
-    final = evaluate(eval_objective, heldout, collate, cfg, device, dist, keep_features=True)
+    final = dict(last_eval) if last_eval and "effective_rank" in last_eval else \
+        evaluate(eval_objective, heldout, collate, cfg, device, dist, keep_features=True)  # resumed at the end
     final.update(step=tc.max_steps, alpha=cfg.loss.alpha, train_seconds=time.perf_counter() - t0,
                  device=str(device), torch=torch.__version__, loss_impl=impl, world_size=dist.world_size,
                  parallel=mode, **state_bytes)

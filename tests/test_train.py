@@ -35,7 +35,9 @@ def test_run_writes_checkpoint_metrics_and_plot(finished_run):
     assert 0.0 <= low <= final["accuracy"] <= high <= 1.0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4]
-    assert any(r["kind"] == "eval" for r in rows)
+    last_eval = [r for r in rows if r["kind"] == "eval"][-1]
+    assert last_eval["step"] == 4  # the last step's evaluation is the final one, not repeated after the loop
+    assert last_eval["accuracy"] == final["accuracy"] and last_eval["effective_rank"] == final["effective_rank"]
     assert (out / "training_curves.png").stat().st_size > 0
     ckpt = latest_checkpoint(out)
     assert ckpt.name == "step-000004"
