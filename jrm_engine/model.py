@@ -15,6 +15,7 @@ from torch import nn
 
 from .backbone import load_backbone
 from .config import TOKEN_LAYOUT, JRMConfig
+from .position_ids import shared_layout_position_ids
 from .sequence import SequenceLayout, TokenIds
 from .vision import VisionSpec
 
@@ -98,16 +99,19 @@ class RewardModel(nn.Module):
         if image_index is not None and not self.shares_images:
             pixel_values, image_grid_thw = repeat_shared_images(pixel_values, image_grid_thw, image_index)
             image_index = None
+        slot_grids = image_grid_thw if image_index is None else image_grid_thw[image_index]
+        positions = shared_layout_position_ids(inner, input_ids, types, attention_mask, slot_grids)
         if image_index is None:
             out = inner(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
-                        image_grid_thw=image_grid_thw, mm_token_type_ids=types, use_cache=False)
+                        image_grid_thw=image_grid_thw, mm_token_type_ids=types, position_ids=positions,
+                        use_cache=False)
         else:
             features = torch.stack(inner.get_image_features(pixel_values, image_grid_thw).pooler_output)  # [U, N, H]
             slots = features[image_index].flatten(0, 1)  # [image tokens, H], in sequence order
             embeds = inner.get_input_embeddings()(input_ids)
             embeds = embeds.masked_scatter((input_ids == self.token_ids.image)[..., None], slots.to(embeds.dtype))
             out = inner(input_ids=input_ids, inputs_embeds=embeds, attention_mask=attention_mask,
-                        image_grid_thw=image_grid_thw[image_index], mm_token_type_ids=types, use_cache=False)
+                        image_grid_thw=slot_grids, mm_token_type_ids=types, position_ids=positions, use_cache=False)
         hidden = out.last_hidden_state  # [B, L, H]
         features = hidden[torch.arange(hidden.shape[0], device=hidden.device), reward_pos]  # [B, H]
         return RewardOutput(hidden, self.head(features), features)
