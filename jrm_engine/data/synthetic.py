@@ -128,7 +128,8 @@ def _move(edit: _Edit, cell: int, direction: str) -> None:
     obj = edit.scene.pop(cell)
     edit.scene[neighbour(cell, direction)] = obj
     # Naming the cell it left teaches where the object was in the source; the edited image's inventory says where
-    # it is now. Without it, "move" was learnt by one training seed of three (benchmarks/NOTES-cpu-training.md).
+    # it is now. Without it, "move" was learnt by one training seed of three, with it by three of four
+    # (benchmarks/NOTES-cpu-training.md).
     edit.events.append(f"{obj[0]} {obj[1]} at {POSITIONS[cell]} moved {direction}")
     edit.applied.append(("move", obj))
 
