@@ -338,7 +338,7 @@ def _train(cfg: JRMConfig, dist: Dist, device: torch.device, resume: bool, quiet
     if metrics_file is not None:
         metrics_file.close()
 
-    final = dict(last_eval) if last_eval and "effective_rank" in last_eval else \
+    final = last_eval if start < tc.max_steps else \
         evaluate(eval_objective, heldout, collate, cfg, device, dist, keep_features=True)  # resumed at the end
     final.update(step=tc.max_steps, alpha=cfg.loss.alpha, train_seconds=time.perf_counter() - t0,
                  device=str(device), torch=torch.__version__, loss_impl=impl, world_size=dist.world_size,

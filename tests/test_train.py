@@ -70,6 +70,12 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(finished_run, tm
         torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=name)
 
 
+def test_resuming_a_finished_run_evaluates_it_again(finished_run):
+    out, final = finished_run
+    again = train(smoke_config(out), resume=True, quiet=True)  # no step left to run: the evaluation is the final one
+    assert again["accuracy"] == final["accuracy"] and again["effective_rank"] == final["effective_rank"]
+
+
 def test_resume_refuses_a_different_config(finished_run):
     out, _ = finished_run
     with pytest.raises(ValueError, match="config differs"):
