@@ -189,6 +189,7 @@ class RuntimeScorer:
         then flush and collect every result."""
         futures: list[Future] = []
         for submit in submits:
+            retried = False
             while True:
                 try:
                     futures.extend(submit())
@@ -196,7 +197,13 @@ class RuntimeScorer:
                 except QueueFullError:
                     waiting = [f for f in futures if not f.done()]
                     if not waiting:
-                        raise
+                        # Its own requests may have run between the refusal and this check, leaving room: retry
+                        # once. Refused again with none of its own waiting, the queue is full of other callers'.
+                        if retried:
+                            raise
+                        retried = True
+                        continue
+                    retried = False
                     self.flush()  # its own queued requests are all it waits for
                     wait(waiting, return_when=FIRST_COMPLETED)
         self.flush()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+from concurrent.futures import Future
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -417,3 +419,26 @@ def test_group_limits_are_checked_and_score_group_waits_for_queue_room(toy_group
         big = np.zeros((56, 56, 3), np.uint8)
         with pytest.raises(ValueError, match="group package takes 28 px images only"):
             rt.submit_group(big, np.stack([big]), ids)[0].result(timeout=10)
+
+
+def test_score_all_retries_when_its_own_requests_ran_between_refusal_and_check():
+    # The race CI met: refused while its own group waited, then that group ran before the wait list was built.
+    def finished(value):
+        f = Future()
+        f.set_result(value)
+        return f
+
+    def refused_once(value, refusals):
+        def submit():
+            if refusals:
+                refusals.pop()
+                raise QueueFullError("request queue is full: max_queue=1 requests, 1 already waiting")
+            return [finished(value)]
+        return submit
+
+    caller = SimpleNamespace(flush=lambda: None)
+    got = RuntimeScorer._score_all(caller, [lambda: [finished(1.0)], refused_once(2.0, [1])], False)
+    assert_close(got, [1.0, 2.0], "retried")
+    # Refused again with none of its own requests waiting: the queue is full of other callers' requests.
+    with pytest.raises(QueueFullError, match="max_queue=1"):
+        RuntimeScorer._score_all(caller, [refused_once(1.0, [1, 1])], False)
