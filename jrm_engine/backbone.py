@@ -12,6 +12,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerFast
 
 from .config import TinyBackboneConfig
+from .short_attention import use_short_attention
 from .vision import VisionSpec
 from .vision_attention import batch_vision_attention
 from .vision_patch_embed import linear_patch_embed
@@ -44,6 +45,7 @@ def load_backbone(folder: str | Path, *, dtype: torch.dtype = torch.float32, att
     model = _model_classes()[config.model_type].from_pretrained(
         folder, dtype=dtype, attn_implementation=attn_implementation)
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    use_short_attention(model)  # SDPA, except short sequences on the CPU: bmm -> softmax -> bmm, 1.4-2.5x faster
     batch_vision_attention(model)  # same attention, one call instead of one per image window
     linear_patch_embed(model)  # same map, one GEMM instead of a Conv3d
     return model, tokenizer

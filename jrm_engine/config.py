@@ -56,7 +56,7 @@ class DataConfig:
     source: str = "synthetic"  # "synthetic" | "editreward" (parquet / JSON Lines)
     path: str | None = None  # for source="editreward"
     n_train: int = 20000
-    n_heldout: int = 512
+    n_heldout: int = 2048
     seed: int = 0
     ties: str = "drop"  # "drop" | "tie_term"
     skip_bad: bool = False  # skip bad records (and report them) instead of stopping at the first
@@ -89,7 +89,10 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_frac: float = 0.05
     grad_clip: float = 1.0
-    eval_every: int = 200
+    eval_every: int = 350
+    # The evaluations during training use the first eval_pairs held-out pairs (a curve); the final one uses all
+    # data.n_heldout: at 0.82-0.85 its 95% interval is +-1.5 points on 2,048 pairs, against +-3.3 on 512.
+    eval_pairs: int = 512
     save_every: int = 700
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda"
@@ -139,7 +142,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                            "vision_intermediate": 64, "mrope_section": [2, 3, 3]},
                   "image_size": 56, "max_length": 160},
         "data": {"n_train": 64, "n_heldout": 16},
-        "train": {"max_steps": 4, "batch_pairs": 2, "eval_every": 2, "save_every": 2},
+        "train": {"max_steps": 4, "batch_pairs": 2, "eval_every": 2, "eval_pairs": 8, "save_every": 2},
     },
     # Fine-tuning a real local Qwen2.5-VL checkpoint on a GPU (the paper's recipe, scaled to one GPU).
     "qwen2.5-vl": {
@@ -178,7 +181,8 @@ CHOICES = {"model.reward_head": ("linear", "mlp"), "model.token_layout": (TOKEN_
            "data.source": ("synthetic", "editreward"), "data.ties": ("drop", "tie_term"),
            "loss.rank_loss": ("bt", "bt_uncertainty"), "loss.impl": ("auto", "torch", "triton")}
 AT_LEAST_ONE = ("model.image_size", "model.max_length", "data.n_train", "data.n_heldout", "train.max_steps",
-                "train.batch_pairs", "train.grad_accum", "train.eval_every", "train.save_every", "train.num_threads")
+                "train.batch_pairs", "train.grad_accum", "train.eval_every", "train.eval_pairs", "train.save_every",
+                "train.num_threads")
 POSITIVE = ("train.lr", "train.head_lr", "train.grad_clip")
 NON_NEGATIVE = ("loss.first_token_weight",)
 UNIT_INTERVAL = ("loss.alpha", "train.warmup_frac")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Subset
 from torch.distributed.elastic.multiprocessing.errors import record
 from tqdm import tqdm
 
@@ -256,6 +257,7 @@ def _train(cfg: JRMConfig, dist: Dist, device: torch.device, resume: bool, quiet
     model.train()
 
     train_set, heldout = build_datasets(cfg.data, cfg.model.image_size)
+    heldout_prefix = Subset(heldout, range(min(tc.eval_pairs, len(heldout))))
     collate = PairCollator(model.layout, model.spec)
     sampler = StepSampler(len(train_set), tc.batch_pairs, tc.grad_accum, tc.seed, dist.world_size, dist.rank)
     objective = JointObjective(model, cfg, impl)
@@ -327,9 +329,11 @@ def _train(cfg: JRMConfig, dist: Dist, device: torch.device, resume: bool, quiet
              "lr": scheduler.get_last_lr()[0], "elapsed_s": time.perf_counter() - t0})
         postfix = {"loss": f"{stats['loss']:.3f}", "lm": f"{stats['lm_loss']:.3f}", "acc": f"{acc_ema:.2f}"}
         if done % tc.eval_every == 0 or done == tc.max_steps:
-            # The last step's evaluation is the final one too: it keeps the features for the effective rank.
-            last_eval = evaluate(eval_objective, heldout, collate, cfg, device, dist,
-                                 keep_features=done == tc.max_steps)
+            # The last step's evaluation is the final one too: every held-out pair, and the features for the
+            # effective rank.
+            final_step = done == tc.max_steps
+            last_eval = evaluate(eval_objective, heldout if final_step else heldout_prefix, collate, cfg, device,
+                                 dist, keep_features=final_step)
             log({"kind": "eval", "step": done, **last_eval, "elapsed_s": time.perf_counter() - t0})
             postfix["heldout"] = f"{last_eval['accuracy']:.3f}"
         bar.set_postfix(postfix)

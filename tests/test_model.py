@@ -1,6 +1,5 @@
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -32,6 +31,17 @@ def test_layout_labels_start_at_reward_token(model):
     # The instruction follows both images, right before <reward>
     block = model.layout.image_block()
     assert ids[: enc.reward_pos] == block + block + model.layout.text_ids("make the red circle blue")
+
+
+def test_encode_many_is_encode_of_each_and_names_a_bad_record(model):
+    items = [("make the red circle blue", "correct . the red circle", "r0"), ("remove the square", None, "r1"),
+             ("add a circle", "wrong", "r2"), ("make the circle red", " ", "r3")]
+    many = model.layout.encode_many(items)
+    assert many == [model.layout.encode(i, e, record=r) for i, e, r in items]
+    assert many[1].lm_labels == [IGNORE_INDEX] * len(many[1].input_ids)  # no explanation: nothing to predict
+    assert many[3].lm_labels[many[3].reward_pos:] == [model.token_ids.eos]  # a blank one: eos at <reward>
+    with pytest.raises(ValueError, match=r"^record 'r9': empty instruction"):
+        model.layout.encode_many(items + [(" ", "correct", "r9")])
 
 
 def test_reward_ignores_padding_and_explanation(model):

@@ -115,6 +115,14 @@ def test_pixel_limit_is_checked_from_the_header_and_configurable():
     assert load_image(small, 28, max_pixels=10_000).shape == (28, 28, 3)
 
 
+def test_an_rgb_array_already_at_the_size_skips_pil_with_the_same_result_and_limit():
+    arr = np.random.default_rng(0).integers(0, 256, (28, 28, 3), dtype=np.uint8)
+    out = load_image(arr, 28)
+    assert out.dtype == np.uint8 and np.array_equal(out, np.asarray(to_rgb(arr))) and out is not arr
+    with pytest.raises(ValueError, match=r"^edited\[1\]: 28 x 28 = 784 pixels exceeds the limit of 783"):
+        load_image(arr, 28, name="edited[1]", max_pixels=783)
+
+
 # ---- every backend ---------------------------------------------------------------------------------------------
 BACKENDS = ["torch", "compiled", "onnx", "runtime"]
 

@@ -35,8 +35,11 @@ def test_run_writes_checkpoint_metrics_and_plot(finished_run):
     assert 0.0 <= low <= final["accuracy"] <= high <= 1.0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4]
-    last_eval = [r for r in rows if r["kind"] == "eval"][-1]
-    assert last_eval["step"] == 4  # the last step's evaluation is the final one, not repeated after the loop
+    evals = [r for r in rows if r["kind"] == "eval"]
+    # During training the first train.eval_pairs held-out pairs; the last step's evaluation is the final one (all
+    # of them), not repeated after the loop.
+    assert [(r["step"], r["pairs"]) for r in evals] == [(2, 8), (4, 16)] and final["pairs"] == 16
+    last_eval = evals[-1]
     assert last_eval["accuracy"] == final["accuracy"] and last_eval["effective_rank"] == final["effective_rank"]
     assert (out / "training_curves.png").stat().st_size > 0
     ckpt = latest_checkpoint(out)

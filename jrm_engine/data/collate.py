@@ -44,19 +44,20 @@ class PairCollator:
         self.layout, self.spec = layout, spec
 
     def __call__(self, pairs: list[PreferencePair]) -> Batch:
-        encoded, images, image_index, chosen, rejected, tie_a, tie_b = [], [], [], [], [], [], []
+        texts, images, image_index, chosen, rejected, tie_a, tie_b = [], [], [], [], [], [], []
         for pair in pairs:
             pair.validate()
             first, second = (pair.b, pair.a) if pair.preference == "b" else (pair.a, pair.b)
-            i = len(encoded)
+            i = len(texts)
             (tie_a if pair.preference == "tie" else chosen).append(i)
             (tie_b if pair.preference == "tie" else rejected).append(i + 1)
             source = len(images)
             images.append(load_image(pair.source, self.spec.image_size, name=f"record {pair.id!r} source image"))
             for tag, cand in (("first", first), ("second", second)):
-                encoded.append(self.layout.encode(pair.instruction, cand.explanation, record=pair.id))
+                texts.append((pair.instruction, cand.explanation, pair.id))
                 image_index += [source, len(images)]
                 images.append(load_image(cand.image, self.spec.image_size, name=f"record {pair.id!r} {tag} edit"))
+        encoded = self.layout.encode_many(texts)
         length = max(len(e.input_ids) for e in encoded)
         n = len(encoded)
         input_ids = torch.full((n, length), self.layout.ids.pad, dtype=torch.long)
