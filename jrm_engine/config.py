@@ -133,7 +133,7 @@ class JRMConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The embedded default: trains on 2 CPU cores in 10-15 minutes, depending on the machine (README).
+    # The embedded default: trains on 2 CPU cores in about 10 minutes, depending on the machine (README).
     "tiny": {},
     # A few steps, tiny everything: for tests and smoke runs.
     "smoke": {
