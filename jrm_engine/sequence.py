@@ -42,7 +42,8 @@ class SequenceLayout:
     def image_block(self) -> list[int]:
         return [self.ids.vision_start] + [self.ids.image] * self.image_tokens + [self.ids.vision_end]
 
-    def text_ids(self, text: str) -> list[int]:
+    def text_ids(self, text: str | list[str]) -> list[int] | list[list[int]]:
+        """Token ids of a text, or of each text of a list in one tokenizer call, with no special tokens."""
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def prompt_ids(self, instruction_ids: list[int]) -> list[int]:
@@ -59,7 +60,7 @@ class SequenceLayout:
             if not instruction or not instruction.strip():
                 raise ValueError(f"record {record!r}: empty instruction")
         texts = [text for instruction, explanation, _ in items for text in (instruction, explanation) if text]
-        tokens = iter(self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
+        tokens = iter(self.text_ids(texts) if texts else [])
         return [self._assemble(next(tokens), next(tokens) if explanation else None, record)
                 for _, explanation, record in items]
 
