@@ -61,11 +61,9 @@ def test_batched_path_makes_one_attention_call_per_layer(model, monkeypatch):
     import jrm_engine.vision_attention as vision_attention
 
     calls = []
-    for name in ("short_attention", "F"):  # on the CPU the short path, elsewhere SDPA
-        original = getattr(vision_attention, name)
-        counted = (lambda *a, _f=original, **k: calls.append(a[0].shape) or _f(*a, **k)) if name != "F" else \
-            type("F", (), {"scaled_dot_product_attention": staticmethod(
-                lambda *a, **k: calls.append(a[0].shape) or original.scaled_dot_product_attention(*a, **k))})
-        monkeypatch.setattr(vision_attention, name, counted)
+    # On the CPU the batched path calls short_attention, elsewhere SDPA: count both.
+    for owner, name in ((vision_attention, "short_attention"), (torch.nn.functional, "scaled_dot_product_attention")):
+        original = getattr(owner, name)
+        monkeypatch.setattr(owner, name, lambda *a, _f=original, **k: calls.append(a[0].shape) or _f(*a, **k))
     vision_run(model, [56] * 6, reference=False)
     assert len(calls) == model.backbone.config.vision_config.depth and all(s[0] == 6 for s in calls)
