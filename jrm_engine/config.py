@@ -85,6 +85,10 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 3e-3
     head_lr: float | None = None  # None = lr
+    # Learning rate of the vision tower (patch embedding, blocks, merger); None = lr, 0 freezes it (no gradient is
+    # computed for it). Frozen is the tiny preset's choice: its random tower already separates every colour and
+    # shape linearly, and training it let colour swamp shape (benchmarks/NOTES-cpu-training.md).
+    vision_lr: float | None = None
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_frac: float = 0.05
@@ -184,15 +188,18 @@ AT_LEAST_ONE = ("model.image_size", "model.max_length", "data.n_train", "data.n_
                 "train.batch_pairs", "train.grad_accum", "train.eval_every", "train.eval_pairs", "train.save_every",
                 "train.num_threads")
 POSITIVE = ("train.lr", "train.head_lr", "train.grad_clip")
-NON_NEGATIVE = ("loss.first_token_weight",)
+NON_NEGATIVE = ("loss.first_token_weight", "train.vision_lr")
 UNIT_INTERVAL = ("loss.alpha", "train.warmup_frac")
+# Fields whose default is None ("not set"): the type a set value must have, given by an example.
+OPTIONAL = {"model.backbone": "", "data.path": "", "train.head_lr": 1.0, "train.vision_lr": 1.0,
+            "train.num_threads": 1}
 
 
 def validate(cfg: "JRMConfig") -> None:
     """Types (those of the defaults) and ranges of every field; a ValueError names the first bad one."""
     defaults = _flatten(JRMConfig().to_dict())
     for key, value in _flatten(cfg.to_dict()).items():
-        default = defaults.get(key)
+        default = OPTIONAL.get(key, defaults.get(key))
         if value is None or default is None:
             continue
         if isinstance(default, bool) or isinstance(value, bool):

@@ -104,14 +104,30 @@ def make_model(cfg: JRMConfig, out: Path, dist: Dist = Dist()) -> RewardModel:
 
 
 def param_groups(model: RewardModel, cfg: JRMConfig) -> list[dict]:
-    decay, no_decay = [], []
+    """AdamW groups of the trainable parameters: weights (decayed), norms and biases (not), each at the text or
+    the vision learning rate, and the reward head at its own."""
+    tc = cfg.train
+    vision_lr = tc.lr if tc.vision_lr is None else tc.vision_lr
+    groups: dict[tuple[float, bool], list] = {}  # (lr, decayed) -> parameters, in the model's order
     for name, p in model.backbone.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
-    head_lr = cfg.train.head_lr or cfg.train.lr
-    return [{"params": decay, "weight_decay": cfg.train.weight_decay, "lr": cfg.train.lr},
-            {"params": no_decay, "weight_decay": 0.0, "lr": cfg.train.lr},
-            {"params": list(model.head.parameters()), "weight_decay": 0.0, "lr": head_lr}]
+            decayed = p.ndim >= 2 and "norm" not in name
+            groups.setdefault((vision_lr if is_vision_parameter(name) else tc.lr, decayed), []).append(p)
+    head = {"params": list(model.head.parameters()), "weight_decay": 0.0, "lr": tc.head_lr or tc.lr}
+    return [{"params": ps, "lr": lr, "weight_decay": tc.weight_decay if decayed else 0.0}
+            for (lr, decayed), ps in groups.items()] + [head]
+
+
+def is_vision_parameter(name: str) -> bool:
+    """Qwen2-VL / Qwen2.5-VL / Qwen3-VL keep the vision tower under `model.visual` (older layouts: `visual`)."""
+    return name.startswith(("model.visual.", "visual."))
+
+
+def freeze_vision_tower(model: RewardModel) -> None:
+    """train.vision_lr 0: no gradient is computed for the vision tower (its backward is skipped)."""
+    for name, p in model.backbone.named_parameters():
+        if is_vision_parameter(name):
+            p.requires_grad_(False)
 
 
 def cosine_with_warmup(optimizer, total: int, warmup_frac: float):
@@ -255,6 +271,8 @@ def _train(cfg: JRMConfig, dist: Dist, device: torch.device, resume: bool, quiet
     if device.type == "cuda" and cfg.model.gradient_checkpointing:
         model.backbone.gradient_checkpointing_enable()
     model.train()
+    if tc.vision_lr == 0:
+        freeze_vision_tower(model)  # before wrapping: DDP and FSDP2 read requires_grad when they wrap
 
     train_set, heldout = build_datasets(cfg.data, cfg.model.image_size)
     heldout_prefix = Subset(heldout, range(min(tc.eval_pairs, len(heldout))))

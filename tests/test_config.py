@@ -1,6 +1,6 @@
 import pytest
 
-from jrm_engine.config import JRMConfig, load_config
+from jrm_engine.config import OPTIONAL, JRMConfig, _flatten, load_config
 
 
 def test_presets_and_overrides(tmp_path):
@@ -30,6 +30,21 @@ def test_roundtrip_through_dict():
 def test_bad_overrides_name_the_key(bad):
     with pytest.raises(ValueError, match=list(bad)[0].split(".")[0]):
         load_config("tiny", overrides=bad)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("train.head_lr", "0", "must be positive"), ("train.vision_lr", "-1", "must be at least 0"),
+    ("train.vision_lr", "fast", "expected float"), ("train.num_threads", "0", "must be at least 1"),
+    ("data.path", "[1]", "expected str")])
+def test_fields_without_a_default_are_checked_once_set(key, value, message):
+    with pytest.raises(ValueError, match=f"config {key}: {message}"):
+        load_config("tiny", overrides={key: value})
+    section, name = key.split(".")
+    assert getattr(getattr(load_config("tiny", overrides={key: "none"}), section), name) is None  # unset again
+
+
+def test_every_field_without_a_default_has_a_type_to_check():
+    assert {key for key, value in _flatten(JRMConfig().to_dict()).items() if value is None} == set(OPTIONAL)
 
 
 def test_unknown_preset_and_missing_file(tmp_path):

@@ -103,6 +103,23 @@ def test_checkpoint_scores_through_the_scoring_api(finished_run):
     torch.testing.assert_close(torch.as_tensor(got, dtype=torch.float32), ref[a_index], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("vision_lr", ["0", "1e-4"])
+def test_vision_lr_freezes_or_slows_the_vision_tower(tmp_path, vision_lr):
+    out = tmp_path / "run"
+    train(smoke_config(out, "--set", "train.max_steps=2", "--set", f"train.vision_lr={vision_lr}"), quiet=True)
+    start, end = load_file(out / "tiny-backbone" / "model.safetensors"), weights(latest_checkpoint(out))
+    moved = {name: not torch.equal(start[name], end[name]) for name in start}
+    vision = [name for name in moved if train_mod.is_vision_parameter(name)]
+    text = [name for name in moved if name.startswith("model.layers.")]  # the saved (legacy) key layout
+    assert vision and text and all(moved[name] for name in text)
+    # Frozen: not one vision weight moves; 1e-4 against the text's 3e-3: every weight moves, by about 1e-4 a step
+    # (Adam), far less than the text's.
+    assert not any(moved[name] for name in vision) if vision_lr == "0" else all(moved[name] for name in vision)
+    if vision_lr != "0":
+        step = max((end[name] - start[name]).abs().max().item() for name in vision)
+        assert 1e-5 < step <= 2 * 1e-4 * 1.01
+
+
 def test_cli_errors_are_clear(tmp_path, capsys):
     assert main(["--preset", "smoke", "--out", str(tmp_path), "--alpha", "1.5", "--quiet"]) == 2
     assert "loss.alpha: must be in [0, 1]" in capsys.readouterr().err
