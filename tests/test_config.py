@@ -34,9 +34,9 @@ def test_bad_overrides_name_the_key(bad):
 
 @pytest.mark.parametrize("key,value,message", [
     ("train.head_lr", "0", "must be positive"), ("train.vision_lr", "-1", "must be at least 0"),
-    ("train.vision_lr", "fast", "expected float"), ("train.num_threads", "0", "must be at least 1"),
+    ("train.head_lr", "fast", "expected float"), ("train.num_threads", "0", "must be at least 1"),
     ("data.path", "[1]", "expected str")])
-def test_fields_without_a_default_are_checked_once_set(key, value, message):
+def test_fields_that_may_be_none_are_checked_once_set(key, value, message):
     with pytest.raises(ValueError, match=f"config {key}: {message}"):
         load_config("tiny", overrides={key: value})
     section, name = key.split(".")
