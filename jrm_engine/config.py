@@ -130,11 +130,32 @@ class JRMConfig:
         _merge(cfg, d, "")
         return cfg
 
+    @classmethod
+    def from_saved(cls, d: dict[str, Any]) -> "JRMConfig":
+        """The config saved with a checkpoint. A field added since the checkpoint was written takes the value that
+        reproduces what that run did, not today's default."""
+        cfg = cls.from_dict(d)
+        for key, then in ADDED_SINCE.items():
+            section, leaf = key.split(".")
+            if leaf not in d.get(section, {}):
+                setattr(getattr(cfg, section), leaf, then)
+        return cfg
+
     def override(self, dotted: dict[str, Any]) -> "JRMConfig":
         """Apply {"loss.alpha": 0.0, ...}; values may be strings from the command line."""
         for key, value in dotted.items():
             _set_dotted(self, key, value)
         return self
+
+
+# Fields added after checkpoints had been written -> the behaviour those checkpoints were trained with.
+ADDED_SINCE: dict[str, Any] = {"train.vision_lr": None}  # before it, the vision tower trained at train.lr
+
+
+def differences(a: "JRMConfig", b: "JRMConfig", ignore: tuple[str, ...] = ()) -> list[str]:
+    """'key: A -> B' for every field that differs, in field order."""
+    flat_a, flat_b = _flatten(a.to_dict()), _flatten(b.to_dict())
+    return [f"{k}: {flat_a[k]!r} -> {flat_b[k]!r}" for k in flat_a if k not in ignore and flat_a[k] != flat_b[k]]
 
 
 PRESETS: dict[str, dict[str, Any]] = {

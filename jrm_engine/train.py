@@ -24,7 +24,7 @@ from .backbone import build_tiny_backbone
 from .checkpoint import latest_checkpoint, restore_training_state, save_checkpoint
 from . import distributed
 from .cli import exit_status
-from .config import PRESETS, JRMConfig, load_config
+from .config import PRESETS, JRMConfig, differences, load_config
 from .data.collate import Batch, PairCollator
 from .data.sources import build_datasets, vocabulary_for
 from .data.step_batches import step_batches
@@ -237,12 +237,9 @@ def train(cfg: JRMConfig, resume: bool = False, quiet: bool = False) -> dict:
         distributed.shutdown(dist)
 
 
-def _comparable(cfg: JRMConfig) -> dict:
-    """The config fields that decide the training result: `train.parallel` only chooses how it is computed (a run
-    may resume on another world size or wrapper) and `train.out` where (a run folder may be moved or copied)."""
-    d = cfg.to_dict()
-    d["train"] = {k: v for k, v in d["train"].items() if k not in ("parallel", "out")}
-    return d
+# Fields that do not decide the training result: `train.parallel` only chooses how it is computed (a run may resume
+# on another world size or wrapper) and `train.out` where (a run folder may be moved or copied).
+NOT_COMPARED = ("train.parallel", "train.out")
 
 
 def _train(cfg: JRMConfig, dist: Dist, device: torch.device, resume: bool, quiet: bool) -> dict:
@@ -259,10 +256,11 @@ def _train(cfg: JRMConfig, dist: Dist, device: torch.device, resume: bool, quiet
 
     ckpt = latest_checkpoint(out) if resume else None
     if ckpt is not None:
-        saved = JRMConfig.from_dict(json.loads((ckpt / "jrm.json").read_text()))
-        if _comparable(saved) != _comparable(cfg):
-            raise ValueError(f"--resume: the config differs from the one saved in {ckpt}; "
-                             "resume with the same arguments (see jrm.json there)")
+        saved = JRMConfig.from_saved(json.loads((ckpt / "jrm.json").read_text()))
+        changed = differences(saved, cfg, ignore=NOT_COMPARED)
+        if changed:
+            raise ValueError(f"--resume: the config differs from the one saved in {ckpt} (saved -> given: "
+                             f"{'; '.join(changed)}); resume with the same arguments (see jrm.json there)")
         model = RewardModel.from_pretrained(ckpt)
     else:
         model = make_model(cfg, out, dist)

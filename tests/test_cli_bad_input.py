@@ -3,6 +3,7 @@ problem, exit status 2, and nothing written. A table of cases run in process thr
 and two through a real subprocess."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -93,6 +94,29 @@ def test_resume_with_a_different_config_changes_nothing(run_dir, capsys):
                      "--alpha", "0.1"])
     assert_one_line_error(rc, capsys.readouterr().err, "the config differs")
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_resume_names_the_changed_field(run_dir, capsys):
+    rc = train.main(["--preset", "smoke", "--quiet", "--out", str(run_dir), "--max-steps", "2", "--resume",
+                     "--alpha", "0.1"])
+    assert_one_line_error(rc, capsys.readouterr().err, "(saved -> given: loss.alpha: 0.7 -> 0.1)")
+
+
+def test_a_run_saved_before_vision_lr_existed_resumes_as_it_trained(tmp_path, capsys):
+    """Its jrm.json has no train.vision_lr: its tower trained at train.lr, so it reads as None, not as today's
+    default 0 (frozen), whose optimizer would lack the tower's state."""
+    out = tmp_path / "old-run"
+    common = ["--preset", "smoke", "--out", str(out), "--max-steps", "2"]
+    assert train.main([*common, "--quiet", "--set", "train.vision_lr=none"]) == 0
+    saved = out / "checkpoints" / "latest" / "jrm.json"
+    config = json.loads(saved.read_text())
+    del config["train"]["vision_lr"]
+    saved.write_text(json.dumps(config))
+    capsys.readouterr()
+    assert_one_line_error(train.main([*common, "--quiet", "--resume"]), capsys.readouterr().err,
+                          "train.vision_lr: None -> 0.0")
+    assert train.main([*common, "--resume", "--set", "train.vision_lr=none"]) == 0
+    assert "resumed from" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("file", ["optimizer.safetensors", "reward_head.safetensors"])
