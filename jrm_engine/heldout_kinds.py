@@ -1,5 +1,6 @@
 """`python -m jrm_engine.heldout_kinds CHECKPOINT`: held-out pairwise accuracy of a checkpoint trained on the
-synthetic set, overall, per operation and per candidate-kind pair, each with a 95% Wilson interval.
+synthetic set, overall, per operation, per candidate-kind pair and per verdict pair (a wrong attribute split into
+which one: colour, shape, place, direction, action), each with a 95% Wilson interval.
 
 The trainer's held-out figure is one pooled number; which part of the task is unlearnt (where an object went,
 which attribute changed) only shows per kind. Scoring goes through the `Scorer` (the same path users take), and
@@ -24,9 +25,13 @@ from .scoring import Scorer
 
 
 def kind_label(kinds: tuple[str, str], grades: tuple[int, int]) -> str:
-    """'correct vs no_change': the better candidate's kind first, whatever side it was drawn on."""
+    """'correct vs no_change': the better candidate's kind first, whatever side it was drawn on. Also for verdicts
+    ('correct vs wrong shape')."""
     better, worse = kinds if grades[0] > grades[1] else kinds[::-1]
     return f"{better} vs {worse}"
+
+
+SECTIONS = ("per_operation", "per_kind", "per_verdict")
 
 
 def summarise(right: list[bool], groups: dict[str, list[int]]) -> dict:
@@ -54,6 +59,7 @@ def heldout_kinds(checkpoint: str | Path, pairs: int = 2048, batch: int = 32) ->
     right: list[bool] = []
     by_op: dict[str, list[int]] = defaultdict(list)
     by_kind: dict[str, list[int]] = defaultdict(list)
+    by_verdict: dict[str, list[int]] = defaultdict(list)  # a wrong attribute split by which one (shape, colour, ...)
     for start in range(0, pairs, batch):
         items = [data[i] for i in range(start, min(pairs, start + batch))]
         sources = [p.source for p in items for _ in (0, 1)]
@@ -66,10 +72,12 @@ def heldout_kinds(checkpoint: str | Path, pairs: int = 2048, batch: int = 32) ->
             right.append(bool(ra > rb) if pair.preference == "a" else bool(rb > ra))  # a reward tie counts wrong
             by_op[info.operation].append(i)
             by_kind[kind_label(info.kinds, info.grades)].append(i)
+            by_verdict[kind_label(info.verdicts, info.grades)].append(i)
     overall = summarise(right, {})
     return {"checkpoint": str(checkpoint), "pairs": pairs, "overall": overall["all"],
             "per_operation": {k: v for k, v in summarise(right, by_op).items() if k != "all"},
-            "per_kind": {k: v for k, v in summarise(right, by_kind).items() if k != "all"}}
+            "per_kind": {k: v for k, v in summarise(right, by_kind).items() if k != "all"},
+            "per_verdict": {k: v for k, v in summarise(right, by_verdict).items() if k != "all"}}
 
 
 def _line(name: str, r: dict) -> str:
@@ -86,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         args = p.parse_args(argv)
         result = heldout_kinds(args.checkpoint, args.pairs)
         print(_line("all", result["overall"]))
-        for section in ("per_operation", "per_kind"):
+        for section in SECTIONS:
+            print(f"{section.replace('_', ' ')}:")
             for name, r in result[section].items():
                 print(_line(name, r))
         if args.json:

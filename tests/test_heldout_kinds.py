@@ -4,7 +4,7 @@ import json
 import pytest
 
 from jrm_engine.checkpoint import latest_checkpoint
-from jrm_engine.heldout_kinds import heldout_kinds, kind_label, main
+from jrm_engine.heldout_kinds import SECTIONS, heldout_kinds, kind_label, main
 from jrm_engine.train import build_parser, config_from_args, train
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ def test_groups_partition_the_pairs_and_the_json_is_written(run, tmp_path, capsy
     path = tmp_path / "kinds.json"
     assert main([str(ckpt), "--pairs", "40", "--json", str(path)]) == 0
     result = json.loads(path.read_text())
-    for section in ("per_operation", "per_kind"):
+    for section in SECTIONS:
         groups = result[section].values()
         assert sum(g["pairs"] for g in groups) == 40
         correct = sum(round(g["accuracy"] * g["pairs"]) for g in groups)
@@ -38,6 +38,9 @@ def test_groups_partition_the_pairs_and_the_json_is_written(run, tmp_path, capsy
     assert set(result["per_operation"]) <= {"recolour", "remove", "add", "move"}
     assert all(k.split(" vs ")[0] in ("correct", "over_edit", "artefact", "wrong_object", "wrong_attribute")
                for k in result["per_kind"])
+    verdicts = {"correct", "overdone", "noisy", "wrong object", "unchanged", "wrong colour", "wrong shape",
+                "wrong place", "wrong direction", "wrong action"}
+    assert all(set(k.split(" vs ")) <= verdicts for k in result["per_verdict"])
     assert "all" in capsys.readouterr().out
 
 

@@ -108,6 +108,8 @@ def test_explanations_are_short_and_verdict_first(train):
             assert 10 <= len(words) <= 30, cand.explanation
             first_words[kind].add(words[0])
             assert cand.scores == SCORES[kind]
+        for cand, verdict in zip((p.a, p.b), info.verdicts):  # what describe() says, without rendering
+            assert cand.explanation.startswith(f"{verdict} . ")
     assert first_words["correct"] == {"correct"} and first_words["no_change"] == {"unchanged"}
     assert first_words["wrong_object"] == first_words["wrong_attribute"] == {"wrong"}
 

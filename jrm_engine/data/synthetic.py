@@ -91,6 +91,7 @@ class PairInfo:
     subject: Obj  # (colour, shape) named by the instruction
     kinds: tuple[str, str]  # kind of candidate a, b
     grades: tuple[int, int]
+    verdicts: tuple[str, str]  # first words of each explanation: the kind, with the detail of a wrong attribute
 
 
 @dataclass
@@ -366,7 +367,8 @@ class SyntheticEditDataset(Sequence):
         if rng.random() < 0.5:
             kinds = kinds[::-1]
         grades = (GRADES[kinds[0]], GRADES[kinds[1]])
-        info = PairInfo(operation=op, subject=subject, kinds=kinds, grades=grades)
+        info = PairInfo(operation=op, subject=subject, kinds=kinds, grades=grades,
+                        verdicts=(edits[kinds[0]].verdict, edits[kinds[1]].verdict))
         if not render:
             return None, info
         a, b = (Candidate(image=self.renderer.render(edits[k].scene, edits[k].noise),
