@@ -92,14 +92,9 @@ def test_resume_with_a_different_config_changes_nothing(run_dir, capsys):
     before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
     rc = train.main(["--preset", "smoke", "--quiet", "--out", str(run_dir), "--max-steps", "2", "--resume",
                      "--alpha", "0.1"])
-    assert_one_line_error(rc, capsys.readouterr().err, "the config differs")
+    assert_one_line_error(rc, capsys.readouterr().err, "the config differs from the one saved in "
+                          f"{run_dir / 'checkpoints' / 'step-000002'} (saved -> given: loss.alpha: 0.7 -> 0.1)")
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == before
-
-
-def test_resume_names_the_changed_field(run_dir, capsys):
-    rc = train.main(["--preset", "smoke", "--quiet", "--out", str(run_dir), "--max-steps", "2", "--resume",
-                     "--alpha", "0.1"])
-    assert_one_line_error(rc, capsys.readouterr().err, "(saved -> given: loss.alpha: 0.7 -> 0.1)")
 
 
 def test_a_run_saved_before_vision_lr_existed_resumes_as_it_trained(tmp_path, capsys):
