@@ -77,9 +77,10 @@ class LossConfig:
 class TrainConfig:
     out: str = "runs/default"
     # Tuned for the tiny default on 2 CPU cores (~10 min): batch 32 at lr 3e-3 learnt more per sample than
-    # batch 16 at 2e-3 or 4e-3, or batch 32 at 4.5e-3 (benchmarks/NOTES-cpu-training.md). 1,600 steps did not fit
-    # the 10 minutes even with the vision tower frozen, and learnt no more than 1,400 on the seeds run.
-    max_steps: int = 1400
+    # batch 16 at 2e-3 or 4e-3, or batch 32 at 4.5e-3 (benchmarks/NOTES-cpu-training.md). 2,200 steps fit the
+    # 10 minutes with bf16 steps (a CPU with AVX512-BF16); in fp32 1,400 did, and learnt 0.06-0.11 less on the
+    # seeds run on both. Without native bf16 these 2,200 steps take about 14 minutes.
+    max_steps: int = 2200
     # Preference pairs (2 sequences each) per micro-batch, summed over all ranks: each of N ranks takes
     # batch_pairs / N of them, so an optimizer step sees batch_pairs * grad_accum pairs at any world size.
     batch_pairs: int = 32
@@ -101,7 +102,9 @@ class TrainConfig:
     save_every: int = 700
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda"
-    bf16: bool = True  # bf16 autocast, on CUDA only
+    # bf16 autocast of the training step where the device computes bf16 natively: CUDA, or a CPU with AVX512-BF16 or
+    # AMX (1.4x faster steps of the tiny default on 2 cores); elsewhere, and in evaluation on the CPU, fp32.
+    bf16: bool = True
     num_threads: int | None = None  # torch CPU threads; None = torch's default
     # DataLoader worker processes that build the next micro-batches while the current step runs; 0 = in the loop.
     # Worth it where the step waits on a GPU or on image decoding; on 2 CPU cores a worker only takes a core from

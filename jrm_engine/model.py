@@ -47,7 +47,12 @@ class RewardHead(nn.Module):
         self.kind, self.outputs = kind, outputs
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        out = self.net(h.float())  # the head runs in fp32 whatever the backbone dtype
+        # fp32 whatever the backbone dtype: under autocast a Linear would round the reward to bf16 (1/32 at 6.0)
+        if torch.is_autocast_enabled(h.device.type):
+            with torch.autocast(h.device.type, enabled=False):
+                out = self.net(h.float())
+        else:
+            out = self.net(h.float())
         return out[..., 0] if self.outputs == 1 else out
 
 

@@ -186,7 +186,7 @@ def evaluate(objective: nn.Module, pairs, collate: PairCollator, cfg: JRMConfig,
         # FSDP2's forward is a collective every rank must join: a rank with no share of a short last batch
         # scores the batch's first pair and drops the result.
         batch = collate([pairs[i] for i in (mine or rows[:1])]).to(device)
-        with autocast(device, cfg):
+        with autocast(device, cfg, training=False):
             result, first, out = objective(batch)
         if not mine:
             sums.append([0.0, 0, 0.0, 0, 0.0, 0])
@@ -218,8 +218,19 @@ def evaluate(objective: nn.Module, pairs, collate: PairCollator, cfg: JRMConfig,
     return metrics
 
 
-def autocast(device: torch.device, cfg: JRMConfig):
-    enabled = device.type == "cuda" and cfg.train.bf16
+def computes_bf16_natively(device: torch.device) -> bool:
+    """CUDA, or a CPU with AVX512-BF16 or AMX, where oneDNN runs the default's bf16 GEMMs at 2-4x the fp32 rate
+    (benchmarks/NOTES-cpu-training.md); on other CPUs bf16 is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def autocast(device: torch.device, cfg: JRMConfig, *, training: bool = True):
+    """bf16 autocast (fp32 weights and optimizer) where the device computes bf16 natively. Evaluation on the CPU
+    stays fp32, the precision `jrm score` runs a checkpoint in there, so the trainer's figures are the ones a user
+    reproduces."""
+    enabled = cfg.train.bf16 and computes_bf16_natively(device) and (training or device.type == "cuda")
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
@@ -282,6 +293,12 @@ def _train(cfg: JRMConfig, dist: Dist, device: torch.device, resume: bool, quiet
     if dist.active:
         say(f"{dist.world_size} processes, --parallel {mode} ({why}); {tc.batch_pairs * tc.grad_accum} pairs "
             f"per optimizer step, about {tc.batch_pairs // dist.world_size} per rank per micro-batch")
+    if not tc.bf16:
+        say("training steps in fp32 (train.bf16 false)")
+    elif computes_bf16_natively(device):
+        say(f"training steps in bf16 autocast, weights and optimizer fp32 ({device.type} computes bf16 natively)")
+    else:
+        say("training steps in fp32: this CPU has no native bf16 (AVX512-BF16 or AMX), where bf16 would be slower")
     # After wrapping: FSDP2 has replaced the parameters with their shards, which the optimizer must hold.
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=tc.lr, betas=tuple(tc.betas))
     scheduler = cosine_with_warmup(optimizer, tc.max_steps, tc.warmup_frac)

@@ -8,7 +8,7 @@ from jrm_engine.backbone import load_backbone
 from jrm_engine.data import Candidate, PreferencePair
 from jrm_engine.data.collate import PairCollator
 from jrm_engine.losses import first_token_loss, joint_loss
-from jrm_engine.model import RewardModel, repeat_shared_images
+from jrm_engine.model import RewardHead, RewardModel, repeat_shared_images
 from jrm_engine.sequence import IGNORE_INDEX
 
 
@@ -101,6 +101,17 @@ def test_first_token_loss_is_the_lm_loss_at_the_reward_token(model):
     want = joint_loss(out.hidden.flatten(0, 1), model.lm_weight, rows.flatten(), out.rewards, batch.chosen,
                       batch.rejected, impl="torch").lm_loss
     torch.testing.assert_close(first_token_loss(out.features, model.lm_weight, first), want)
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_reward_head_runs_in_fp32_under_bf16_autocast(kind):
+    torch.manual_seed(0)
+    head, h = RewardHead(64, kind, 1), 6.0 + torch.randn(8, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = head(h.bfloat16())
+    # A bf16 reward would be rounded to 1/32 near 6: pairs closer than that would tie.
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, head.net(h.bfloat16().float())[..., 0], atol=0, rtol=0)
 
 
 def test_save_and_load_roundtrip(model, tmp_path):

@@ -103,6 +103,32 @@ def test_checkpoint_scores_through_the_scoring_api(finished_run):
     torch.testing.assert_close(torch.as_tensor(got, dtype=torch.float32), ref[a_index], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_autocast_covers_training_steps_where_the_cpu_computes_bf16(monkeypatch, tmp_path, native):
+    monkeypatch.setattr(train_mod, "computes_bf16_natively", lambda device: native)
+    cfg, cpu = smoke_config(tmp_path), torch.device("cpu")
+    with train_mod.autocast(cpu, cfg):
+        assert torch.is_autocast_enabled("cpu") == native
+    with train_mod.autocast(cpu, cfg, training=False):  # evaluation: the precision a checkpoint is scored in
+        assert not torch.is_autocast_enabled("cpu")
+    cfg.train.bf16 = False
+    with train_mod.autocast(cpu, cfg):
+        assert not torch.is_autocast_enabled("cpu")
+
+
+def test_a_bf16_run_on_the_cpu_trains_in_bf16_and_saves_fp32_weights(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_mod, "computes_bf16_natively", lambda device: True)
+    losses = {}
+    for bf16 in ("true", "false"):
+        out = tmp_path / bf16
+        train(smoke_config(out, "--set", f"train.bf16={bf16}"), quiet=True)
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        losses[bf16] = [r["loss"] for r in rows if r["kind"] == "train"]
+    assert {t.dtype for t in weights(latest_checkpoint(tmp_path / "true")).values()} == {torch.float32}
+    assert losses["true"] != losses["false"]  # the steps did run in bf16
+    assert torch.isfinite(torch.tensor(losses["true"])).all()
+
+
 @pytest.mark.parametrize("vision_lr", ["0", "1e-4"])
 def test_vision_lr_freezes_or_slows_the_vision_tower(tmp_path, vision_lr):
     out = tmp_path / "run"
