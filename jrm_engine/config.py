@@ -78,8 +78,8 @@ class TrainConfig:
     out: str = "runs/default"
     # Tuned for the tiny default on 2 CPU cores (~10 min): batch 32 at lr 3e-3 learnt more per sample than
     # batch 16 at 2e-3 or 4e-3, or batch 32 at 4.5e-3 (benchmarks/NOTES-cpu-training.md). 2,200 steps fit the
-    # 10 minutes with bf16 steps (a CPU with AVX512-BF16); in fp32 1,400 did, and learnt 0.06-0.11 less on the
-    # seeds run on both. Without native bf16 these 2,200 steps take about 14 minutes.
+    # 10 minutes with bf16 steps (a CPU with AVX512-BF16); in fp32 1,400 did, and learnt less on each of the three
+    # seeds run both ways (by 0.01, 0.11, 0.07). Without native bf16 these 2,200 steps take about 14 minutes.
     max_steps: int = 2200
     # Preference pairs (2 sequences each) per micro-batch, summed over all ranks: each of N ranks takes
     # batch_pairs / N of them, so an optimizer step sees batch_pairs * grad_accum pairs at any world size.
